@@ -1,0 +1,173 @@
+"""The measurement protocol: warm up, then time each call on its own, then summarise.
+
+- Warm-up runs at least `warmup_iters` calls and at least `warmup_seconds` (cuDNN autotuning,
+  TorchScript profiling and torch.compile's first runs happen here, outside the timed phase).
+- Each timed call is measured alone: on CUDA between two CUDA events with a synchronize on the end
+  event, on the CPU with `perf_counter_ns`. Inputs already sit on the device; nothing else is timed.
+- The timed phase runs at least `min_iters` calls and at least `min_seconds`; with a
+  `target_spread` it goes on until the interquartile range over the median is below it (the gate
+  torch.utils.benchmark's adaptive_autorange uses), or until `max_seconds`.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SPREAD_CHECK_EVERY = 10  # timed calls between two checks of the spread gate
+
+
+@dataclass(frozen=True)
+class Budget:
+    warmup_iters: int
+    warmup_seconds: float
+    min_iters: int
+    min_seconds: float
+    target_spread: float | None = None
+    max_seconds: float = 60.0
+
+
+# Sized so a CPU cell of DenseNet-121 takes seconds, and a GPU cell gathers enough calls for a p99.
+DEFAULT_BUDGETS = {
+    "cpu": Budget(warmup_iters=2, warmup_seconds=1.0, min_iters=5, min_seconds=2.0),
+    "cuda": Budget(warmup_iters=10, warmup_seconds=2.0, min_iters=100, min_seconds=5.0),
+}
+
+
+def budget_for(device: str, **overrides: float | int | None) -> Budget:
+    """The device's default budget with the non-None overrides applied."""
+    defaults = DEFAULT_BUDGETS[device]
+    values = {name: value for name, value in overrides.items() if value is not None}
+    return Budget(**{**defaults.__dict__, **values})
+
+
+class CpuTimer:
+    name = "perf_counter_ns"
+
+    def time_ms(self, call: Callable[[], object]) -> float:
+        start = time.perf_counter_ns()
+        call()
+        return (time.perf_counter_ns() - start) / 1e6
+
+
+class CudaEventTimer:
+    """Times one call between CUDA events recorded on the current stream, then waits for the end."""
+
+    name = "cuda_event"
+
+    def __init__(self) -> None:
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+
+    def time_ms(self, call: Callable[[], object]) -> float:
+        torch.cuda.synchronize()
+        self.start.record()
+        call()
+        self.end.record()
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end)
+
+
+Timer = CpuTimer | CudaEventTimer
+
+
+def timer_for(device: str) -> Timer:
+    return CudaEventTimer() if device == "cuda" else CpuTimer()
+
+
+@dataclass(frozen=True)
+class Warmup:
+    iterations: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-call latencies of the timed phase, summarised; all times in milliseconds per batch."""
+
+    samples_ms: np.ndarray
+    measure_seconds: float
+    stability_reached: bool | None
+
+    @property
+    def iterations(self) -> int:
+        return len(self.samples_ms)
+
+    def summary(self, batch_size: int) -> dict[str, float | int | bool | None]:
+        s = self.samples_ms
+        p50, p90, p99 = np.percentile(s, [50, 90, 99])
+        mean = float(s.mean())
+        return {
+            "latency_ms_mean": mean,
+            "latency_ms_std": float(s.std(ddof=1)) if len(s) > 1 else 0.0,
+            "latency_ms_min": float(s.min()),
+            "latency_ms_p50": float(p50),
+            "latency_ms_p90": float(p90),
+            "latency_ms_p99": float(p99),
+            "latency_ms_max": float(s.max()),
+            "latency_spread": relative_spread(s),
+            "throughput_sps": batch_size * 1000.0 / mean,
+            "iterations": self.iterations,
+            "measure_seconds": self.measure_seconds,
+            "stability_reached": self.stability_reached,
+        }
+
+
+def relative_spread(samples_ms: np.ndarray) -> float:
+    """Interquartile range over the median."""
+    q1, median, q3 = np.percentile(samples_ms, [25, 50, 75])
+    return float((q3 - q1) / median) if median > 0 else float("inf")
+
+
+Progress = Callable[[str, int, float], None]  # (phase, calls done, seconds elapsed)
+
+
+def warm_up(call: Callable[[], object], budget: Budget, timer: Timer, on_progress: Progress | None = None) -> Warmup:
+    """Run `call` at least `warmup_iters` times and at least `warmup_seconds`."""
+    done, start = 0, time.perf_counter()
+    while done < budget.warmup_iters or time.perf_counter() - start < budget.warmup_seconds:
+        timer.time_ms(call)
+        done += 1
+        if on_progress:
+            on_progress("warmup", done, time.perf_counter() - start)
+    return Warmup(iterations=done, seconds=time.perf_counter() - start)
+
+
+def time_calls(
+    call: Callable[[], object], budget: Budget, timer: Timer, on_progress: Progress | None = None
+) -> Latency:
+    """Time `call` one call at a time until the budget (and the spread target, if any) is met.
+
+    Python's garbage collector is paused meanwhile, as timeit does, so its pauses don't land in a sample.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        return _time_calls(call, budget, timer, on_progress)
+    finally:
+        gc.enable()
+
+
+def _time_calls(call: Callable[[], object], budget: Budget, timer: Timer, on_progress: Progress | None) -> Latency:
+    samples: list[float] = []
+    start = time.perf_counter()
+    target_met: bool | None = None
+    while True:
+        samples.append(timer.time_ms(call))
+        elapsed = time.perf_counter() - start
+        if on_progress:
+            on_progress("measuring", len(samples), elapsed)
+        if len(samples) < budget.min_iters or elapsed < budget.min_seconds:
+            continue
+        if budget.target_spread is None:
+            break
+        if len(samples) % SPREAD_CHECK_EVERY == 0 or elapsed >= budget.max_seconds:
+            target_met = relative_spread(np.asarray(samples)) <= budget.target_spread
+            if target_met or elapsed >= budget.max_seconds:
+                break
+    return Latency(np.asarray(samples), time.perf_counter() - start, target_met)

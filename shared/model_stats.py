@@ -1,0 +1,76 @@
+"""What a model is, apart from how fast it runs: size on disk, parameters, FLOPs and fidelity."""
+
+from __future__ import annotations
+
+import io
+import math
+import zlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+MIB = 2**20
+FIDELITY_MIN_SAMPLES = 8
+
+
+def weight_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
+    """Parameters, plus the packed int8 weights that quantized modules keep outside parameters()."""
+    yield from model.parameters()
+    for module in model.modules():
+        if isinstance(module, torch.ao.nn.quantized.Linear):
+            yield module.weight()
+            if module.bias() is not None:
+                yield module.bias()
+
+
+def size_stats(model: nn.Module) -> dict[str, float | int]:
+    """Serialized state-dict size (dense and zlib-compressed) and (non-zero) parameter counts."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    serialized = buffer.getvalue()
+    total = nonzero = 0
+    for tensor in weight_tensors(model):
+        values = tensor.dequantize() if tensor.is_quantized else tensor
+        total += values.numel()
+        nonzero += int(torch.count_nonzero(values))
+    return {
+        "model_size_mb": len(serialized) / MIB,
+        "model_size_compressed_mb": len(zlib.compress(serialized, 6)) / MIB,
+        "params_total": total,
+        "params_nonzero": nonzero,
+        "sparsity": 1.0 - nonzero / total if total else 0.0,
+    }
+
+
+def gflops_per_sample(model: nn.Module, one_sample: torch.Tensor) -> float:
+    """FLOPs of one forward pass on one sample, counted by torch.utils.flop_counter (a MAC is 2 FLOPs)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(one_sample)
+    return counter.get_total_flops() / 1e9
+
+
+def probe_chunks(batch_size: int) -> int:
+    """How many batches of `batch_size` make the fidelity probe (at least FIDELITY_MIN_SAMPLES samples)."""
+    return math.ceil(FIDELITY_MIN_SAMPLES / batch_size)
+
+
+@torch.inference_mode()
+def run_probe(model: nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
+    """The model's outputs over the probe batches as one fp32 tensor."""
+    return torch.cat([model(batch).float() for batch in batches])
+
+
+def fidelity(reference: torch.Tensor, outputs: torch.Tensor) -> dict[str, float | int]:
+    """How far the optimized outputs are from the fp32 model's on the same inputs."""
+    reference, outputs = reference.float().cpu(), outputs.float().cpu()
+    agreement = (reference.argmax(dim=1) == outputs.argmax(dim=1)).float().mean()
+    cosine = nn.functional.cosine_similarity(reference, outputs, dim=1).mean()
+    return {
+        "top1_agreement": float(agreement),
+        "max_abs_error": float((reference - outputs).abs().max()),
+        "cosine_similarity": float(cosine),
+        "fidelity_samples": reference.shape[0],
+    }

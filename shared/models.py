@@ -1,0 +1,84 @@
+"""Models and inputs: a torchvision classifier by name, its weights, and seeded synthetic batches."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import torch
+import torchvision
+from torch import nn
+
+from shared.errors import OptbenchError
+
+log = logging.getLogger(__name__)
+
+
+def classification_models() -> list[str]:
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def check_model_name(name: str) -> None:
+    if name not in classification_models():
+        raise OptbenchError(
+            f"unknown model {name!r}: use a torchvision classification model such as densenet121, "
+            "resnet50 or mobilenet_v3_large (torchvision.models.list_models() lists them)"
+        )
+
+
+def cached_checkpoint(name: str) -> tuple[object, str] | None:
+    """The default pretrained weights enum and its file when it already lies in the torch hub cache."""
+    try:
+        default = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, AttributeError):
+        return None
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(default.url))
+    return (default, path) if os.path.isfile(path) else None
+
+
+def build_model(name: str, weights: str, seed: int) -> tuple[nn.Module, str]:
+    """The fp32 model in eval mode on the CPU, and a label saying which weights it holds.
+
+    weights: `auto` (the pretrained checkpoint if it is in the hub cache, else random init; never
+    downloads), `pretrained` (torchvision downloads it if needed), `random`, or a state-dict path.
+    Random init is seeded, so `random(seed=0)` is the same model on every host.
+    """
+    torch.manual_seed(seed)
+    if weights == "pretrained" or (weights == "auto" and cached_checkpoint(name)):
+        enum = torchvision.models.get_model_weights(name).DEFAULT
+        model = torchvision.models.get_model(name, weights=enum)
+        label = f"pretrained:{enum}"
+    elif weights in ("auto", "random"):
+        model = torchvision.models.get_model(name, weights=None)
+        label = f"random(seed={seed})"
+    else:
+        model = torchvision.models.get_model(name, weights=None)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        label = f"file:{os.path.abspath(weights)} sha256:{_sha256(weights)[:12]}"
+    log.info("built %s with %s weights", name, label)
+    return model.eval(), label
+
+
+def make_inputs(
+    batch_size: int,
+    image_size: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    seed: int = 0,
+) -> torch.Tensor:
+    """A seeded normal batch (batch, 3, size, size), identical on every device, placed on `device`."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
+    return batch.to(device=device, dtype=dtype, memory_format=memory_format)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,106 @@
+"""The result of one cell: the one schema whose field names are the CSV columns (no torch import).
+
+Units: latency in milliseconds per batch, throughput in samples per second, memory and sizes in
+MiB (2**20 bytes), energy in joules, times in seconds, timestamps in UTC ISO 8601.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+STATUSES = ("ok", "failed", "unsupported")
+
+
+@dataclass
+class CellResult:
+    # What was asked
+    model: str
+    optimization: str
+    batch_size: int
+    image_size: int
+    requested_device: str
+    # Where it ran and whether it worked
+    device: str | None = None
+    device_name: str | None = None
+    weights: str | None = None
+    status: str = "failed"
+    error_type: str | None = None
+    error: str | None = None
+    # Latency and throughput of the timed phase
+    latency_ms_mean: float | None = None
+    latency_ms_std: float | None = None
+    latency_ms_min: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p90: float | None = None
+    latency_ms_p99: float | None = None
+    latency_ms_max: float | None = None
+    latency_spread: float | None = None
+    throughput_sps: float | None = None
+    iterations: int | None = None
+    measure_seconds: float | None = None
+    warmup_iterations: int | None = None
+    warmup_seconds: float | None = None
+    target_spread: float | None = None
+    stability_reached: bool | None = None
+    timer: str | None = None
+    prepare_seconds: float | None = None
+    # Memory
+    peak_mem_allocated_mb: float | None = None
+    peak_mem_reserved_mb: float | None = None
+    process_mem_mb: float | None = None
+    process_mem_source: str | None = None
+    # Model size
+    model_size_mb: float | None = None
+    model_size_compressed_mb: float | None = None
+    params_total: int | None = None
+    params_nonzero: int | None = None
+    sparsity: float | None = None
+    # Fidelity against the fp32 model on the same device
+    top1_agreement: float | None = None
+    max_abs_error: float | None = None
+    cosine_similarity: float | None = None
+    fidelity_samples: int | None = None
+    # Work and energy
+    gflops_per_sample: float | None = None
+    achieved_tflops: float | None = None
+    energy_j_per_sample: float | None = None
+    # Knobs that change what was measured
+    prune_amount: float | None = None
+    compile_mode: str | None = None
+    seed: int | None = None
+    # Environment
+    host: str | None = None
+    gpu_uuid: str | None = None
+    gpu_driver: str | None = None
+    cuda_version: str | None = None
+    cudnn_version: int | None = None
+    compute_capability: str | None = None
+    tf32_matmul: bool | None = None
+    tf32_cudnn: bool | None = None
+    cudnn_benchmark: bool | None = None
+    cpu_model: str | None = None
+    cpu_threads: int | None = None
+    torch_version: str | None = None
+    torchvision_version: str | None = None
+    python_version: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    def update(self, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            if name not in FIELD_NAMES:
+                raise KeyError(f"CellResult has no field {name!r}")
+            setattr(self, name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: non-finite floats become None."""
+        return {
+            name: None if isinstance(value, float) and not math.isfinite(value) else value
+            for name, value in dataclasses.asdict(self).items()
+        }
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(CellResult))

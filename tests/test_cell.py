@@ -1,0 +1,218 @@
+"""Every optimization through the real runner on the CPU, with tiny images and budgets."""
+
+import pytest
+import torch
+
+from shared.model_stats import size_stats
+from shared.models import build_model
+from shared.optimizations import Prepared, apply_chain, parse_chain
+from shared.result import FIELD_NAMES
+from tests.conftest import tiny_spec
+from worker.cell import error_type, run_cell
+
+CONTRACT = [
+    "model",
+    "optimization",
+    "batch_size",
+    "image_size",
+    "device",
+    "device_name",
+    "weights",
+    "status",
+    "error_type",
+    "error",
+    "latency_ms_mean",
+    "latency_ms_std",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "throughput_sps",
+    "iterations",
+    "measure_seconds",
+    "prepare_seconds",
+    "peak_mem_allocated_mb",
+    "peak_mem_reserved_mb",
+    "process_mem_mb",
+    "model_size_mb",
+    "model_size_compressed_mb",
+    "params_total",
+    "params_nonzero",
+    "sparsity",
+    "top1_agreement",
+    "max_abs_error",
+    "cosine_similarity",
+    "gflops_per_sample",
+    "energy_j_per_sample",
+    "host",
+    "torch_version",
+    "started_at",
+    "finished_at",
+]
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    return run_cell(tiny_spec(optimization="baseline"))
+
+
+def test_result_schema_keeps_the_user_facing_field_names():
+    assert set(CONTRACT) <= set(FIELD_NAMES)
+
+
+def test_baseline_is_measured_and_identical_to_the_fp32_reference(baseline):
+    assert baseline.status == "ok", baseline.error
+    assert (baseline.device, baseline.timer, baseline.weights) == ("cpu", "perf_counter_ns", "random(seed=0)")
+    assert baseline.top1_agreement == 1.0 and baseline.max_abs_error == 0.0
+    assert baseline.iterations >= 3 and baseline.measure_seconds > 0
+    assert 0 < baseline.latency_ms_min <= baseline.latency_ms_p50 <= baseline.latency_ms_p99 <= baseline.latency_ms_max
+    assert baseline.throughput_sps == pytest.approx(2 * 1000 / baseline.latency_ms_mean)
+    assert baseline.params_total == 7_978_856  # DenseNet-121
+    # 5.67 GFLOP at 224 px scales with the pixel count; the classifier doesn't, hence the tolerance.
+    assert baseline.gflops_per_sample == pytest.approx(5.67 * (32 / 224) ** 2, rel=0.1)
+    assert baseline.process_mem_source == "cpu_peak_rss" and baseline.process_mem_mb > 0
+    assert baseline.peak_mem_allocated_mb is None and baseline.energy_j_per_sample is None
+    assert baseline.host and baseline.torch_version == torch.__version__ and baseline.cpu_threads >= 1
+    assert baseline.started_at < baseline.finished_at
+
+
+def test_prune_keeps_dense_size_shrinks_compressed_size_and_reaches_the_sparsity(baseline):
+    pruned = run_cell(tiny_spec(optimization="prune"))
+    assert pruned.status == "ok", pruned.error
+    assert pruned.model_size_mb == pytest.approx(baseline.model_size_mb, rel=0.01)
+    assert pruned.model_size_compressed_mb < 0.8 * baseline.model_size_compressed_mb
+    assert pruned.sparsity == pytest.approx(0.5, abs=0.02)
+    assert pruned.prune_amount == 0.5
+
+
+def test_prune_leaves_no_masks_or_original_weights_in_the_state_dict():
+    spec = tiny_spec(optimization="prune", prune_amount=0.3)
+    model, _ = build_model(spec.model, "random", 0)
+    final, _ = apply_chain(parse_chain("prune"), Prepared(model, torch.device("cpu")), spec)
+    keys = final.model.state_dict().keys()
+    assert not [k for k in keys if k.endswith(("_orig", "_mask"))]
+    assert size_stats(final.model)["sparsity"] == pytest.approx(0.3, abs=0.02)
+
+
+def test_structured_pruning_removes_parameters_and_keeps_the_output_shape(baseline):
+    result = run_cell(tiny_spec(optimization="prune_structured"))
+    assert result.status == "ok", result.error
+    assert result.params_total < 0.5 * baseline.params_total
+    assert result.model_size_mb < 0.5 * baseline.model_size_mb
+    assert result.gflops_per_sample < baseline.gflops_per_sample
+    assert result.fidelity_samples == 8  # the probe ran through the pruned model: shape unchanged
+
+
+def test_dynamic_quant_runs_on_the_cpu_and_shrinks_the_model(baseline):
+    result = run_cell(tiny_spec(optimization="dynamic_quant"))
+    assert result.status == "ok", result.error
+    assert result.device == "cpu"
+    assert result.model_size_mb < baseline.model_size_mb - 2  # 1024x1000 fp32 -> int8
+    assert result.params_total == baseline.params_total
+    assert result.cosine_similarity > 0.99
+
+
+def test_dynamic_quant_on_cuda_is_unsupported_not_moved_to_the_cpu():
+    result = run_cell(tiny_spec(optimization="dynamic_quant", device="cuda"))
+    assert (result.status, result.device, result.error_type) == ("unsupported", "cuda", "unsupported_on_device")
+    assert result.error == "dynamic_quant runs on cpu only, not on cuda"
+    assert result.latency_ms_p50 is None and result.host
+
+
+@pytest.mark.parametrize("optimization", ["fp16", "bf16", "channels_last", "bf16+channels_last"])
+def test_precision_and_layout_run_on_the_cpu_and_report_their_numerics(optimization, baseline):
+    result = run_cell(tiny_spec(optimization=optimization))
+    assert result.status == "ok", result.error
+    assert result.device == "cpu" and result.latency_ms_p50 > 0
+    halves = optimization != "channels_last"
+    expected_size = baseline.model_size_mb / 2 if halves else baseline.model_size_mb
+    assert result.model_size_mb == pytest.approx(expected_size, rel=0.02)
+    assert result.top1_agreement == 1.0
+    assert 0 < result.max_abs_error < (0.1 if halves else 1e-4)
+
+
+def test_torchscript_reports_preparation_apart_from_latency(baseline):
+    result = run_cell(tiny_spec(optimization="torchscript"))
+    assert result.status == "ok", result.error
+    assert result.model_size_mb == baseline.model_size_mb
+    assert result.max_abs_error < 1e-4
+    assert result.prepare_seconds > result.latency_ms_p50 / 1000
+
+
+def test_torch_compile_runs_and_its_compile_time_is_preparation():
+    result = run_cell(tiny_spec(model="resnet18", optimization="compile"))
+    assert result.status == "ok", result.error
+    assert result.compile_mode == "default"
+    assert result.max_abs_error < 1e-3
+    assert result.prepare_seconds > 20 * result.latency_ms_max / 1000
+
+
+def test_cuda_requested_on_a_host_without_one_is_a_failed_result():
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    result = run_cell(tiny_spec(device="cuda"))
+    assert (result.status, result.error_type) == ("failed", "device_unavailable")
+
+
+def test_an_exception_inside_the_cell_becomes_a_failed_result(tmp_path):
+    wrong = tmp_path / "resnet18.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), wrong)
+    result = run_cell(tiny_spec(weights=str(wrong)))
+    assert (result.status, result.error_type) == ("failed", "RuntimeError")
+    assert "state_dict" in result.error and "\n" not in result.error
+    assert result.finished_at and result.latency_ms_p50 is None
+
+
+def test_running_out_of_memory_is_reported_as_out_of_memory():
+    # 4096 x 3 x 2048 x 2048 fp32 is ~206 GB: the allocator refuses it at once (no overcommit).
+    with open("/proc/sys/vm/overcommit_memory") as handle:
+        if handle.read().strip() == "1":
+            pytest.skip("overcommit_memory=1 would let the allocation through")
+    result = run_cell(tiny_spec(batch_size=4096, image_size=2048))
+    assert (result.status, result.error_type) == ("failed", "out_of_memory")
+
+
+def test_cuda_out_of_memory_is_classified_without_a_gpu():
+    assert error_type(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")) == "out_of_memory"
+    assert error_type(ValueError("bad")) == "ValueError"
+
+
+def test_a_state_dict_file_is_loaded_and_named_with_its_hash(tmp_path):
+    model, _ = build_model("densenet121", "random", seed=7)
+    path = tmp_path / "densenet.pt"
+    torch.save(model.state_dict(), path)
+    loaded, label = build_model("densenet121", str(path), seed=0)
+    assert label.startswith(f"file:{path} sha256:")
+    assert torch.equal(loaded.classifier.weight, model.classifier.weight)
+
+
+def test_auto_weights_never_download_and_use_the_hub_cache_when_present(tmp_path, monkeypatch):
+    from shared import models
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert models.cached_checkpoint("densenet121") is None
+    assert build_model("densenet121", "auto", seed=0)[1] == "random(seed=0)"
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "densenet121-a639ec97.pth").write_bytes(b"")
+    enum, path = models.cached_checkpoint("densenet121")
+    assert str(enum) == "DenseNet121_Weights.IMAGENET1K_V1" and path.endswith("densenet121-a639ec97.pth")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("optimization", ["baseline", "fp16"])
+def test_gpu_cells_use_cuda_events_and_report_allocator_and_nvml_memory(optimization):
+    result = run_cell(tiny_spec(optimization=optimization, device="cuda", batch_size=8, min_iters=20))
+    assert result.status == "ok", result.error
+    assert (result.device, result.timer) == ("cuda", "cuda_event")
+    assert result.peak_mem_allocated_mb > 0 and result.peak_mem_reserved_mb >= result.peak_mem_allocated_mb
+    assert result.device_name and result.gpu_uuid.startswith("GPU-") and result.cudnn_benchmark is True
+    if result.process_mem_source:
+        assert result.process_mem_mb > result.peak_mem_reserved_mb  # NVML adds the CUDA context
+
+
+@pytest.mark.gpu
+def test_gpu_out_of_memory_is_a_failed_result():
+    total = torch.cuda.get_device_properties(0).total_memory
+    image = 2048
+    batch = min(4096, int(total / (3 * image * image * 4)) + 64)  # more input than the card holds
+    result = run_cell(tiny_spec(device="cuda", batch_size=batch, image_size=image))
+    assert (result.status, result.error_type) == ("failed", "out_of_memory")
