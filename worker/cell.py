@@ -24,13 +24,14 @@ from collections.abc import Callable, Iterator
 import torch
 
 from shared import measure
+from shared.cli import OneLineParser, add_cell_arguments
 from shared.environment import snapshot, utc_now
 from shared.errors import OptbenchError
 from shared.model_stats import fidelity, gflops_per_sample, probe_chunks, run_probe, size_stats
 from shared.models import build_model
 from shared.optimizations import REGISTRY, Prepared, apply_chain, parse_chain, preferred_device, unsupported_reason
 from shared.result import CellResult
-from shared.spec import COMPILE_MODES, DEVICES, CellSpec
+from shared.spec import CellSpec
 from shared.trackers import CpuMemory, CudaMemory, GpuEnergy, nvml_handle
 
 log = logging.getLogger("optbench.cell")
@@ -181,34 +182,16 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
 # --- command line -------------------------------------------------------------------------------
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse prints usage + message; we print one line
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    defaults = CellSpec.__dataclass_fields__
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="python -m worker.cell",
         description="Measure one (model, optimization, batch size) cell and print its result as JSON.",
     )
-    parser.add_argument("--model", default=defaults["model"].default, help="torchvision classification model")
     parser.add_argument(
         "--optimization", default="baseline", help=f"one of {', '.join(REGISTRY)}, or several joined with +"
     )
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--image-size", type=int, default=defaults["image_size"].default)
-    parser.add_argument("--weights", default="auto", help="auto | pretrained | random | PATH to a state dict")
-    parser.add_argument("--warmup", dest="warmup_iters", type=int, help="minimum warm-up calls")
-    parser.add_argument("--warmup-seconds", type=float, help="minimum warm-up seconds")
-    parser.add_argument("--min-iters", type=int, help="minimum timed calls")
-    parser.add_argument("--min-seconds", type=float, help="minimum timed seconds")
-    parser.add_argument("--target-spread", type=float, help="time until IQR/median is below this")
-    parser.add_argument("--max-seconds", type=float, help="cap on timed seconds with --target-spread")
-    parser.add_argument("--prune-amount", type=float, default=0.5, help="fraction pruned (prune, prune_structured)")
-    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
-    parser.add_argument("--seed", type=int, default=0)
+    add_cell_arguments(parser)
     parser.add_argument("--list", action="store_true", help="list the optimizations and exit")
     return parser
 

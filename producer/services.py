@@ -1,0 +1,131 @@
+"""Start what a sweep needs on this machine when it isn't running: a private Redis and local workers.
+
+Each is a context manager that yields and, on exit, stops only what it started itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from shared.config import DEFAULT_REDIS_URL, redact
+from shared.connection import connect
+from shared.errors import OptbenchError
+
+log = logging.getLogger("optbench.services")
+RUN_DIR = Path("run")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def private_redis(data_dir: Path, port: int | None = None) -> Iterator[str]:
+    """A password-protected redis-server on loopback with append-only persistence under `data_dir`.
+
+    The password lives in `data_dir/password` (mode 600) and the config file, never on a command
+    line; restarting over the same folder finds the same data.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise OptbenchError("redis-server is not installed (apt-get install redis-server) and no Redis is reachable")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    password_file = data_dir / "password"
+    if not password_file.exists():
+        password_file.touch(mode=0o600)
+        password_file.write_text(secrets.token_urlsafe(24))
+    password = password_file.read_text().strip()
+    port = port or free_port()
+    config = data_dir / "redis.conf"
+    config.touch(mode=0o600)
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1 -::1\nprotected-mode yes\nrequirepass {password}\n"
+        f'dir {data_dir.resolve()}\nappendonly yes\nappendfsync everysec\nsave ""\n'
+        "maxmemory-policy noeviction\ndaemonize no\nlogfile redis.log\n"
+    )
+    process = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    try:
+        _wait_for(lambda: connect(url, timeout=0.5), 20, "redis-server", process)
+        log.info("started a private Redis at %s (data in %s)", redact(url), data_dir)
+        yield url
+    finally:
+        process.terminate()  # SIGTERM: Redis flushes the append-only file and exits
+        process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def redis_for_sweep(run_dir: Path = RUN_DIR) -> Iterator[str]:
+    """OPTBENCH_REDIS_URL when set (it must answer), else the default URL if it answers, else a private one."""
+    explicit = os.environ.get("OPTBENCH_REDIS_URL")
+    if explicit:
+        connect(explicit).close()
+        yield explicit
+        return
+    try:
+        connect(DEFAULT_REDIS_URL, timeout=1.0).close()
+    except OptbenchError:
+        with private_redis(run_dir / "redis") as url:
+            yield url
+        return
+    yield DEFAULT_REDIS_URL
+
+
+@contextlib.contextmanager
+def local_workers(app, url: str, log_path: Path, timeout: float = 180.0) -> Iterator[None]:
+    """Start `python -m worker` against `url` unless a worker already answers; stop it afterwards."""
+    if app.control.ping(timeout=1.0):
+        yield
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker"],
+            env={**os.environ, "OPTBENCH_REDIS_URL": url},
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for(lambda: app.control.ping(timeout=1.0) or None, timeout, "the local workers", process)
+        log.info("started local workers (log: %s)", log_path)
+        yield
+    finally:
+        stop_process(process, timeout=60)
+
+
+def stop_process(process: subprocess.Popen, timeout: float) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for(check, timeout: float, what: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise OptbenchError(f"{what} exited with status {process.returncode} while starting")
+        try:
+            if check():
+                return
+        except OptbenchError:
+            pass
+        time.sleep(0.2)
+    raise OptbenchError(f"{what} did not come up within {timeout:g} s")

@@ -1,0 +1,35 @@
+"""Command-line pieces both sides use: one-line errors, and the options that shape a cell."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from shared.spec import COMPILE_MODES, DEVICES, CellSpec
+
+SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CellSpec)}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by a single cell and a sweep; their dest names are CellSpec fields."""
+    add = parser.add_argument
+    add("--model", default=SPEC_DEFAULTS["model"], help="torchvision classification model (default %(default)s)")
+    add("--device", choices=DEVICES, default="auto", help="auto: CUDA if present and the optimization runs there")
+    add("--image-size", type=int, default=SPEC_DEFAULTS["image_size"], help="input height and width in pixels")
+    add("--weights", default="auto", help="auto (hub cache or random, never downloads) | pretrained | random | PATH")
+    add("--warmup", dest="warmup_iters", type=int, help="minimum warm-up calls (device default if unset)")
+    add("--warmup-seconds", type=float, help="minimum warm-up seconds")
+    add("--min-iters", type=int, help="minimum timed calls")
+    add("--min-seconds", type=float, help="minimum timed seconds")
+    add("--target-spread", type=float, help="keep timing until IQR/median is at most this")
+    add("--max-seconds", type=float, help="with --target-spread: the longest the timed phase may run")
+    add("--prune-amount", type=float, default=SPEC_DEFAULTS["prune_amount"], help="fraction pruned (prune*)")
+    add("--compile-mode", choices=COMPILE_MODES, default="default", help="torch.compile mode")
+    add("--seed", type=int, default=0, help="seed of random weights and inputs")

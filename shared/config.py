@@ -1,0 +1,48 @@
+"""Settings from the environment, read in one place. Every variable is documented in the README."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    cell_time_limit: float  # seconds a cell may run before its process is killed (status failed, timeout)
+    visibility_timeout: float  # seconds before Redis redelivers a cell whose worker vanished
+    result_expires: int  # seconds results (and the manifest) are kept in Redis
+    results_dir: Path
+    allow_faults: bool  # tests only: lets a task carry a fault to inject into its cell process
+
+
+def load() -> Settings:
+    limit = float(os.environ.get("OPTBENCH_CELL_TIME_LIMIT", "1800"))
+    return Settings(
+        redis_url=os.environ.get("OPTBENCH_REDIS_URL") or DEFAULT_REDIS_URL,
+        cell_time_limit=limit,
+        visibility_timeout=float(os.environ.get("OPTBENCH_VISIBILITY_TIMEOUT", str(2 * limit + 600))),
+        result_expires=int(os.environ.get("OPTBENCH_RESULT_EXPIRES", str(30 * 24 * 3600))),
+        results_dir=Path(os.environ.get("OPTBENCH_RESULTS_DIR", "results")),
+        allow_faults=os.environ.get("OPTBENCH_ALLOW_FAULTS") == "1",
+    )
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, for anything a person or a file will see."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def host_and_port(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"

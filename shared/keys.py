@@ -1,0 +1,10 @@
+"""Every Redis key optbench writes itself (Celery's own keys are Celery's: queues `gpu`/`cpu`,
+`celery-task-meta-<task id>` for results)."""
+
+PREFIX = "optbench:"
+SWEEPS = PREFIX + "sweeps"  # sorted set: sweep id scored by creation time
+
+
+def sweep(sweep_id: str) -> str:
+    """Hash of one sweep's manifest: field `meta` (JSON) and one field `cell:<cell id>` (JSON) per cell."""
+    return f"{PREFIX}sweep:{sweep_id}"

@@ -1,0 +1,154 @@
+"""Run a cell in a fresh process forked from a forkserver that has already imported torch.
+
+The Celery worker never initializes CUDA; each cell's process does, measures, sends its result
+back through a pipe and exits, so nothing (CUDA context, allocator cache, cuDNN autotune, a
+segfault) carries from one cell to the next. Forking from the preloaded forkserver costs a
+fraction of a second, where a fresh interpreter would pay 3-10 s to import torch.
+
+Whatever happens to the cell's process becomes a result: a crash or `os._exit` is a `failed` result
+with the exit status and the tail of its stderr, and a cell past its time limit is killed and
+reported as `failed` with `error_type: timeout`.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from shared.environment import utc_now
+from shared.result import CellResult
+from shared.spec import CellSpec
+
+log = logging.getLogger(__name__)
+
+FAULTS = ("exit", "segfault", "hang")  # injected by tests only (OPTBENCH_ALLOW_FAULTS=1)
+STDERR_TAIL_CHARS = 300
+
+_context = multiprocessing.get_context("forkserver")
+_context.set_forkserver_preload(["worker.cell"])
+
+
+def start_forkserver() -> None:
+    """Start the forkserver now (it imports torch once) rather than on the first cell."""
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+def run_isolated(
+    spec: CellSpec,
+    time_limit: float,
+    on_progress: Callable[..., None],
+    fault: str | None = None,
+) -> dict[str, Any]:
+    """The cell's result as a dict, whatever happens to the process that measures it."""
+    started_at = utc_now()
+    receiver, sender = _context.Pipe(duplex=False)
+    with tempfile.NamedTemporaryFile(prefix="optbench-cell-", suffix=".stderr", delete=False) as stderr_file:
+        stderr_path = stderr_file.name
+    process = _context.Process(target=_cell_process, args=(spec.to_dict(), sender, stderr_path, fault), daemon=True)
+    try:
+        process.start()
+        sender.close()
+        outcome, result = _receive(process, receiver, time.monotonic() + time_limit, on_progress)
+        if outcome == "timeout":
+            error = f"the cell ran past its {time_limit:g} s time limit and was killed"
+            result = _failed(spec, started_at, "timeout", error)
+        elif outcome == "died":
+            result = _failed(spec, started_at, "crashed", _death_reason(process, stderr_path))
+        return result
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join()
+        receiver.close()
+        os.unlink(stderr_path)
+
+
+def _receive(process, receiver, deadline: float, on_progress) -> tuple[str, dict[str, Any] | None]:
+    """Relay progress until the outcome: ("result", result), ("died", None) or ("timeout", None)."""
+    while (remaining := deadline - time.monotonic()) > 0:
+        if not receiver.poll(min(remaining, 1.0)):
+            if not process.is_alive():
+                return "died", None
+            continue
+        try:
+            kind, payload = receiver.recv()
+        except EOFError:  # the process closed its end: it is gone
+            return "died", None
+        if kind == "result":
+            return "result", payload
+        on_progress(payload.pop("phase"), **payload)
+    process.kill()
+    return "timeout", None
+
+
+def _death_reason(process, stderr_path: str) -> str:
+    process.join(timeout=10)
+    if process.exitcode is None:  # closed its pipe but lingers: end it
+        process.kill()
+        process.join()
+    code = process.exitcode
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    tail = _tail(stderr_path)
+    return f"the cell's process {how} before reporting a result" + (f"; stderr: {tail}" if tail else "")
+
+
+def _tail(path: str) -> str:
+    with open(path, errors="replace") as handle:
+        text = handle.read()
+    return " ".join(text.split())[-STDERR_TAIL_CHARS:]
+
+
+def _failed(spec: CellSpec, started_at: str, error_type: str, error: str) -> dict[str, Any]:
+    result = CellResult(
+        model=spec.model,
+        optimization=spec.optimization,
+        batch_size=spec.batch_size,
+        image_size=spec.image_size,
+        requested_device=spec.device,
+        status="failed",
+        error_type=error_type,
+        error=error,
+        host=socket.gethostname(),
+        seed=spec.seed,
+        started_at=started_at,
+        finished_at=utc_now(),
+    )
+    return result.to_dict()
+
+
+def _cell_process(spec: dict[str, Any], sender, stderr_path: str, fault: str | None) -> None:
+    """Runs in the forked process: stdout and stderr go to a file whose tail explains a crash."""
+    descriptor = os.open(stderr_path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(descriptor, 1)
+    os.dup2(descriptor, 2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
+    from worker.cell import run_cell
+
+    _inject(fault)
+
+    def progress(phase: str, **details: Any) -> None:
+        sender.send(("progress", {"phase": phase, **details}))
+
+    result = run_cell(CellSpec.from_dict(spec), on_progress=progress)
+    sender.send(("result", result.to_dict()))
+    sender.close()
+
+
+def _inject(fault: str | None) -> None:
+    if fault == "exit":
+        print("fault injection: os._exit(3)", flush=True)
+        os._exit(3)
+    if fault == "segfault":
+        print("fault injection: SIGSEGV", flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if fault == "hang":
+        time.sleep(10**6)
