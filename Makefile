@@ -1,12 +1,30 @@
-# optbench: `make sweep` runs the benchmark, `make test` checks the code. See README.md.
+# optbench. `make sweep` runs the benchmark end to end; `make test` checks the code. See README.md.
+# Variables pass through: make sweep MODEL=resnet50 OPTIMIZATIONS=baseline,fp16 BATCH_SIZES=1,8 DEVICE=cuda
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup test bench lint cell clean
+MODEL         ?=
+OPTIMIZATIONS ?=
+BATCH_SIZES   ?=
+DEVICE        ?=
+IMAGE_SIZE    ?=
+NAME          ?=
+SWEEP         ?= latest
+CELLS         ?=
 
-# The venv is rebuilt only when pyproject.toml changes (idempotent).
+SWEEP_ARGS = $(if $(MODEL),--model $(MODEL)) $(if $(OPTIMIZATIONS),--optimizations $(OPTIMIZATIONS)) \
+             $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES)) $(if $(DEVICE),--device $(DEVICE)) \
+             $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(NAME),--name $(NAME))
+
+.PHONY: setup sweep worker status collect rerun cell test bench lint clean
+
+# The venv is rebuilt only when pyproject.toml changes (idempotent). redis-server is a system package.
 setup: $(VENV)/.installed
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server is missing: install it (Debian/Ubuntu: sudo apt-get install redis-server) or set OPTBENCH_REDIS_URL"; fi; }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,21 +32,41 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The main job: uses OPTBENCH_REDIS_URL (or a Redis on localhost:6379) if reachable, else a private
+# Redis under run/; starts local workers if none is online; waits; collects; stops what it started.
+sweep: setup
+	$(PY) -m producer sweep --start-missing --wait $(SWEEP_ARGS)
+
+# One Celery worker per GPU of this host (plus a CPU worker); point them at the shared Redis.
+worker: setup
+	$(PY) -m worker
+
+status: setup
+	$(PY) -m producer status --start-missing --sweep $(SWEEP)
+
+collect: setup
+	$(PY) -m results collect --start-missing --sweep $(SWEEP)
+
+# make rerun CELLS=fp16@bs16,prune@bs1   or   make rerun   (all failed cells)
+rerun: setup
+	$(PY) -m producer rerun --start-missing --wait --sweep $(SWEEP) $(if $(CELLS),--cells $(CELLS),--failed)
+
+# One cell without any queue, e.g. make cell ARGS="--optimization fp16 --batch-size 4"
+cell: setup
+	$(PY) -m worker.cell $(ARGS)
+
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 bench: setup
 	$(PY) tests/bench/bench_cell_timer.py
+	$(PY) tests/bench/bench_orchestration.py
 
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# One cell without any queue, e.g. `make cell ARGS="--optimization fp16 --batch-size 4"`.
-cell: setup
-	$(PY) -m worker.cell $(ARGS)
-
 clean:
-	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	rm -rf .pytest_cache .ruff_cache build *.egg-info run
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

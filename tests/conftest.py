@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,3 +30,108 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- real services: a private redis-server on a free loopback port, real `python -m worker` -------
+
+REPO = Path(__file__).resolve().parent.parent
+# A sweep's cells in tests: a small model, small images, a few timed calls.
+TINY_SWEEP_ARGS = [
+    "--model", "mobilenet_v3_small", "--image-size", "32", "--device", "cpu",
+    "--warmup", "1", "--warmup-seconds", "0", "--min-iters", "3", "--min-seconds", "0",
+]  # fmt: skip
+TINY_CELL_OPTIONS = {
+    "model": "mobilenet_v3_small",
+    "image_size": 32,
+    "warmup_iters": 1,
+    "warmup_seconds": 0.0,
+    "min_iters": 3,
+    "min_seconds": 0.0,
+}
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    from producer.services import private_redis
+
+    with private_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def app(redis_url):
+    from worker.app import app, use_redis
+
+    use_redis(redis_url)
+    return app
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_url):
+    from shared.connection import connect
+
+    client = connect(redis_url)
+    yield client
+    client.close()
+
+
+def online_workers(app) -> set[str]:
+    return {name for reply in app.control.ping(timeout=0.5) for name in reply}
+
+
+def service_env(redis_url: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "OPTBENCH_REDIS_URL": redis_url, "OPTBENCH_ALLOW_FAULTS": "1", **extra}
+
+
+@contextlib.contextmanager
+def running_workers(app, redis_url: str, log_path: Path, *args: str, **env: str) -> Iterator[subprocess.Popen]:
+    """`python -m worker` as a user starts it, stopped with SIGTERM (then SIGKILL) afterwards."""
+    from producer.services import stop_process
+
+    before = online_workers(app)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker", *args],
+            cwd=REPO,
+            env=service_env(redis_url, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if online_workers(app) - before:
+                break
+            assert process.poll() is None, log_path.read_text()[-3000:]
+        else:
+            raise AssertionError("workers did not come up: " + log_path.read_text()[-3000:])
+        yield process
+    finally:
+        stop_process(process, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def workers(app, redis_url, tmp_path_factory):
+    with running_workers(app, redis_url, tmp_path_factory.mktemp("logs") / "worker.log") as process:
+        yield process
+
+
+def wait_for_sweep(app, client, sweep_id: str, timeout: float = 240) -> list[dict]:
+    """Poll the backend until every cell of the sweep has finished; the rows."""
+    from results.collect import FINISHED, sweep_rows
+    from shared import manifest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = sweep_rows(app.backend, manifest.load(client, sweep_id))
+        if all(row["status"] in FINISHED for row in rows):
+            return rows
+        time.sleep(0.5)
+    raise AssertionError(f"sweep {sweep_id} unfinished: {[(r['cell_id'], r['status']) for r in rows]}")
+
+
+def run_cli(module: str, *args: str, env: dict[str, str], cwd: Path = REPO, timeout: float = 300):
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )

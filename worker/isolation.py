@@ -12,6 +12,7 @@ reported as `failed` with `error_type: timeout`.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -127,6 +128,7 @@ def _failed(spec: CellSpec, started_at: str, error_type: str, error: str) -> dic
 
 def _cell_process(spec: dict[str, Any], sender, stderr_path: str, fault: str | None) -> None:
     """Runs in the forked process: stdout and stderr go to a file whose tail explains a crash."""
+    gc.freeze()  # what the forkserver imported is never garbage: keep collections of this process short
     descriptor = os.open(stderr_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(descriptor, 1)
     os.dup2(descriptor, 2)
