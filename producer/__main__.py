@@ -91,12 +91,12 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace, console: Console) -> int:
-    from producer.sweep import parse_list, rerun
+    from producer.sweep import parse_cell_ids, rerun
     from results.collect import sweep_rows
 
     if not args.cells and not args.failed:
         raise OptbenchError("say which cells to re-run: --cells fp16@bs16,... or --failed")
-    cells = list(parse_list(args.cells, "cells")) if args.cells else []
+    cells = list(parse_cell_ids(args.cells)) if args.cells else []
     with session(args.start_missing, need_workers=args.wait) as s:
         sweep = manifest.load(s.client, args.sweep)
         if args.failed:

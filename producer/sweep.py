@@ -6,6 +6,7 @@ goes to the `cpu` queue; the others of a CUDA sweep go to the `gpu` queue.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,17 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
         return tuple(int(item) for item in items)
     except ValueError:
         raise OptbenchError(f"batch sizes must be integers such as 1,8,16 (got {text!r})") from None
+
+
+CELL_ID = re.compile(r"^[a-z0-9_]+(\+[a-z0-9_]+)*@bs[1-9][0-9]*$")
+
+
+def parse_cell_ids(text: str) -> tuple[str, ...]:
+    cells = parse_list(text, "cells")
+    for cell in cells:
+        if not CELL_ID.match(cell):
+            raise OptbenchError(f"malformed cell id {cell!r}: cells look like fp16@bs16 (OPTIMIZATION@bsN)")
+    return cells
 
 
 def resolve_device(requested: str, gpu_workers_online: bool | None) -> str:

@@ -1,6 +1,8 @@
 """Read a sweep's cells from the manifest and the Celery result backend; write its CSV atomically.
 
-One row per cell, columns `sweep_id, cell_id, status, attempts, worker` and then the result schema.
+One row per cell, columns `sweep_id, cell_id, status, attempts, tries, worker`, then the result
+schema. `attempts` counts enqueues of the cell (1 + re-runs); `tries` counts deliveries of its
+current attempt to a worker (more than 1 after a crash or a lost worker).
 A cell's `status` is the result's (`ok`, `failed`, `unsupported`) once its current attempt is
 stored, else `queued` or `running` (the manifest says it was sent; Celery's PENDING can't).
 Only the manifest's current task id of a cell is read, so an older attempt never shows.
@@ -18,7 +20,7 @@ import pandas as pd
 from shared.manifest import CellEntry, Sweep
 from shared.result import FIELD_NAMES
 
-LEAD_COLUMNS = ("sweep_id", "cell_id", "status", "attempts", "worker")
+LEAD_COLUMNS = ("sweep_id", "cell_id", "status", "attempts", "tries", "worker")
 COLUMNS = LEAD_COLUMNS + tuple(name for name in FIELD_NAMES if name not in LEAD_COLUMNS)
 FINISHED = ("ok", "failed", "unsupported")
 LATEST_CSV = "benchmark_results.csv"
@@ -41,7 +43,7 @@ def cell_row(sweep: Sweep, entry: CellEntry, meta: dict[str, Any]) -> dict[str, 
     if state == "SUCCESS":
         envelope = meta["result"]
         row.update(envelope["result"])
-        row["worker"] = envelope["worker"]
+        row.update(worker=envelope["worker"], tries=envelope.get("tries"))
     elif state == "FAILURE":
         row.update(status="failed", error_type="task_error", error=str(meta.get("result"))[:500])
         row["worker"] = meta.get("worker")

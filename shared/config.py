@@ -18,6 +18,9 @@ class Settings:
     result_expires: int  # seconds results (and the manifest) are kept in Redis
     results_dir: Path
     allow_faults: bool  # tests only: lets a task carry a fault to inject into its cell process
+    max_tries: int  # deliveries of one cell attempt (crashes and lost workers) before it stays failed
+    unacked_restore_interval: float  # seconds between the broker's scans for cells to redeliver
+    unacked_restore_throttle: int  # scan on every Nth interval
 
 
 def load() -> Settings:
@@ -29,6 +32,9 @@ def load() -> Settings:
         result_expires=int(os.environ.get("OPTBENCH_RESULT_EXPIRES", str(30 * 24 * 3600))),
         results_dir=Path(os.environ.get("OPTBENCH_RESULTS_DIR", "results")),
         allow_faults=os.environ.get("OPTBENCH_ALLOW_FAULTS") == "1",
+        max_tries=int(os.environ.get("OPTBENCH_MAX_TRIES", "2")),
+        unacked_restore_interval=float(os.environ.get("OPTBENCH_UNACKED_RESTORE_INTERVAL", "10")),
+        unacked_restore_throttle=int(os.environ.get("OPTBENCH_UNACKED_RESTORE_THROTTLE", "10")),
     )
 
 

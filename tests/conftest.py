@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,11 +84,8 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     return {**os.environ, "OPTBENCH_REDIS_URL": redis_url, "OPTBENCH_ALLOW_FAULTS": "1", **extra}
 
 
-@contextlib.contextmanager
-def running_workers(app, redis_url: str, log_path: Path, *args: str, **env: str) -> Iterator[subprocess.Popen]:
-    """`python -m worker` as a user starts it, stopped with SIGTERM (then SIGKILL) afterwards."""
-    from producer.services import stop_process
-
+def start_workers(app, redis_url: str, log_path: Path, *args: str, **env: str) -> subprocess.Popen:
+    """`python -m worker` as a user starts it (in its own process group); returns once it answers."""
     before = online_workers(app)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
@@ -98,17 +96,32 @@ def running_workers(app, redis_url: str, log_path: Path, *args: str, **env: str)
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if online_workers(app) - before:
+            return process
+        if process.poll() is not None:
+            break
+    stop_workers(process)
+    raise AssertionError("workers did not come up: " + log_path.read_text()[-3000:])
+
+
+def stop_workers(process: subprocess.Popen) -> None:
+    """SIGTERM (warm shutdown), then SIGKILL to the whole group if it lingers."""
+    from producer.services import stop_process
+
+    stop_process(process, timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_workers(app, redis_url: str, log_path: Path, *args: str, **env: str) -> Iterator[subprocess.Popen]:
+    process = start_workers(app, redis_url, log_path, *args, **env)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if online_workers(app) - before:
-                break
-            assert process.poll() is None, log_path.read_text()[-3000:]
-        else:
-            raise AssertionError("workers did not come up: " + log_path.read_text()[-3000:])
         yield process
     finally:
-        stop_process(process, timeout=60)
+        stop_workers(process)
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,17 @@ app.conf.update(
     task_send_sent_event=True,
     result_expires=settings.result_expires,
     # Redis redelivers an unacknowledged cell after this long: longer than the longest cell.
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+    broker_transport_options={
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": settings.unacked_restore_interval,
+        "unacked_restore_throttle": settings.unacked_restore_throttle,
+    },
     result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+    # Survive a Redis restart: reconnect to the broker, and retry storing a result until it lands.
     broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    result_backend_always_retry=True,
+    result_backend_max_retries=120,
     task_default_queue="cpu",
     worker_hijack_root_logger=False,
 )

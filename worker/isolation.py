@@ -5,13 +5,17 @@ back through a pipe and exits, so nothing (CUDA context, allocator cache, cuDNN 
 segfault) carries from one cell to the next. Forking from the preloaded forkserver costs a
 fraction of a second, where a fresh interpreter would pay 3-10 s to import torch.
 
-Whatever happens to the cell's process becomes a result: a crash or `os._exit` is a `failed` result
-with the exit status and the tail of its stderr, and a cell past its time limit is killed and
-reported as `failed` with `error_type: timeout`.
+Whatever happens to the cell's process becomes an outcome: `result` (what the cell measured),
+`crashed` (a crash or `os._exit`: a failed result with the exit status and the tail of its stderr),
+`timeout` (killed at its time limit: a failed result with `error_type: timeout`) or `stopped`
+(killed because the worker is shutting down: the task puts the cell back in the queue).
+A cell's process also dies with its parent (PR_SET_PDEATHSIG), so a killed worker leaves no cell
+holding the GPU.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import multiprocessing
@@ -19,6 +23,7 @@ import os
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +39,13 @@ STDERR_TAIL_CHARS = 300
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["worker.cell"])
+_stopping = threading.Event()
+PR_SET_PDEATHSIG = 1
+
+
+def stop_all() -> None:
+    """Make every running cell return `stopped` at once (the worker is shutting down)."""
+    _stopping.set()
 
 
 def start_forkserver() -> None:
@@ -48,8 +60,8 @@ def run_isolated(
     time_limit: float,
     on_progress: Callable[..., None],
     fault: str | None = None,
-) -> dict[str, Any]:
-    """The cell's result as a dict, whatever happens to the process that measures it."""
+) -> tuple[str, dict[str, Any] | None]:
+    """(outcome, result dict): the result is None only for `stopped`."""
     started_at = utc_now()
     receiver, sender = _context.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile(prefix="optbench-cell-", suffix=".stderr", delete=False) as stderr_file:
@@ -62,9 +74,9 @@ def run_isolated(
         if outcome == "timeout":
             error = f"the cell ran past its {time_limit:g} s time limit and was killed"
             result = _failed(spec, started_at, "timeout", error)
-        elif outcome == "died":
+        elif outcome == "crashed":
             result = _failed(spec, started_at, "crashed", _death_reason(process, stderr_path))
-        return result
+        return outcome, result
     finally:
         if process.is_alive():
             process.kill()
@@ -74,16 +86,19 @@ def run_isolated(
 
 
 def _receive(process, receiver, deadline: float, on_progress) -> tuple[str, dict[str, Any] | None]:
-    """Relay progress until the outcome: ("result", result), ("died", None) or ("timeout", None)."""
+    """Relay progress until the outcome: ("result", result) or (crashed|timeout|stopped, None)."""
     while (remaining := deadline - time.monotonic()) > 0:
-        if not receiver.poll(min(remaining, 1.0)):
+        if _stopping.is_set():
+            process.kill()
+            return "stopped", None
+        if not receiver.poll(min(remaining, 0.5)):
             if not process.is_alive():
-                return "died", None
+                return "crashed", None
             continue
         try:
             kind, payload = receiver.recv()
         except EOFError:  # the process closed its end: it is gone
-            return "died", None
+            return "crashed", None
         if kind == "result":
             return "result", payload
         on_progress(payload.pop("phase"), **payload)
@@ -128,6 +143,7 @@ def _failed(spec: CellSpec, started_at: str, error_type: str, error: str) -> dic
 
 def _cell_process(spec: dict[str, Any], sender, stderr_path: str, fault: str | None) -> None:
     """Runs in the forked process: stdout and stderr go to a file whose tail explains a crash."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the forkserver, i.e. the worker
     gc.freeze()  # what the forkserver imported is never garbage: keep collections of this process short
     descriptor = os.open(stderr_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(descriptor, 1)

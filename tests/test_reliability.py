@@ -1,0 +1,176 @@
+"""No cell lost or duplicated under worker, cell and Redis faults: real processes, real signals."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from producer.sweep import SweepRequest, create
+from results.collect import collect
+from shared import keys, manifest
+from tests.conftest import TINY_CELL_OPTIONS, start_workers, stop_workers, wait_for_sweep
+
+pytestmark = pytest.mark.timeout(400)
+
+# Fast redelivery for the tests: a cell whose worker vanished is handed out again after ~30 s.
+# Production values are in the README (visibility 2 x time limit + 600 s, scans every 100 s).
+# The visibility timeout stays above the time limit, or a slow cell would be delivered twice.
+TIME_LIMIT, VISIBILITY = 20, 30
+FAST = {
+    "OPTBENCH_CELL_TIME_LIMIT": str(TIME_LIMIT),
+    "OPTBENCH_VISIBILITY_TIMEOUT": str(VISIBILITY),
+    "OPTBENCH_UNACKED_RESTORE_INTERVAL": "1",
+    "OPTBENCH_UNACKED_RESTORE_THROTTLE": "1",
+}
+SLOW_CELL = {**TINY_CELL_OPTIONS, "min_seconds": 3.0}  # long enough to be hit mid-measurement
+
+
+class Hosts:
+    """Worker groups named as two hosts would run them; a test may stop one and `ensure` restarts it."""
+
+    def __init__(self, app, redis_url: str, logs) -> None:
+        self.app, self.redis_url, self.logs = app, redis_url, logs
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def ensure(self, *hosts: str) -> None:
+        for host in hosts:
+            if host not in self.processes or self.processes[host].poll() is not None:
+                log = self.logs / f"{host}.log"
+                self.processes[host] = start_workers(self.app, self.redis_url, log, "--host", host, **FAST)
+
+    def __getitem__(self, host: str) -> subprocess.Popen:
+        return self.processes[host]
+
+
+@pytest.fixture(scope="module")
+def two_hosts(app, redis_url, tmp_path_factory):
+    hosts = Hosts(app, redis_url, tmp_path_factory.mktemp("hosts"))
+    try:
+        yield hosts
+    finally:
+        for process in hosts.processes.values():
+            stop_workers(process)
+
+
+@pytest.fixture
+def hosts(two_hosts):
+    two_hosts.ensure("host-a", "host-b")
+    return two_hosts
+
+
+def running_on(app, task_id: str, timeout: float = 60) -> str:
+    """Wait until the task reports progress; the host part of the worker running it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meta = app.backend.get_task_meta(task_id)
+        if meta["status"] == "PROGRESS" and meta["result"].get("phase") == "measuring":
+            return meta["worker"].split("@")[1]
+        time.sleep(0.2)
+    raise AssertionError(f"task {task_id} never ran: {app.backend.get_task_meta(task_id)}")
+
+
+def group_gone(pgid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def one_cell_sweep(app, client, **options):
+    request = SweepRequest(optimizations=("baseline",), batch_sizes=(1,), cell_options={**SLOW_CELL, **options})
+    sweep = create(app, client, request, "cpu", ttl=3600)
+    return sweep, sweep.cells["baseline@bs1"]
+
+
+def test_sigterm_mid_cell_requeues_it_at_once(app, redis_client, hosts, tmp_path):
+    sweep, cell = one_cell_sweep(app, redis_client)
+    host = running_on(app, cell.task_id)
+    stopped_at = datetime.datetime.now(datetime.timezone.utc)
+    hosts[host].send_signal(signal.SIGTERM)  # `python -m worker` forwards it: warm shutdown
+    [row] = wait_for_sweep(app, redis_client, sweep.id, timeout=60)
+    other = "host-b" if host == "host-a" else "host-a"
+    assert row["status"] == "ok" and row["worker"] == f"cpu@{other}", row["error"]
+    assert row["tries"] == 1  # the interrupted delivery isn't held against the cell
+    # The other host started it long before the visibility timeout could have: requeued at once.
+    restarted_after = (datetime.datetime.fromisoformat(row["started_at"]) - stopped_at).total_seconds()
+    assert restarted_after < VISIBILITY / 2
+    assert hosts[host].wait(timeout=30) == 0
+
+
+def test_sigkill_of_a_worker_mid_cell_redelivers_it_and_leaves_no_cell_process(
+    app, redis_client, redis_url, hosts, tmp_path
+):
+    sweep, cell = one_cell_sweep(app, redis_client)
+    host = running_on(app, cell.task_id)
+    launcher = hosts[host]
+    celery_main = int(subprocess.check_output(["pgrep", "-P", str(launcher.pid)]).split()[0])
+    os.kill(celery_main, signal.SIGKILL)  # the worker only: its forkserver and the cell must follow
+    launcher.wait(timeout=30)
+    assert group_gone(launcher.pid), subprocess.run(["ps", "-g", str(launcher.pid)], capture_output=True).stdout
+
+    [row] = wait_for_sweep(app, redis_client, sweep.id, timeout=90)
+    other = "host-b" if host == "host-a" else "host-a"
+    assert row["status"] == "ok" and row["worker"] == f"cpu@{other}" and row["tries"] == 2
+    frame, _ = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, False)
+    assert list(frame["cell_id"]) == ["baseline@bs1"]
+
+
+def test_a_hanging_cell_is_ended_by_its_time_limit_and_the_worker_goes_on(app, redis_client, hosts):
+    request = SweepRequest(
+        optimizations=("baseline", "channels_last"), batch_sizes=(1,), cell_options=TINY_CELL_OPTIONS
+    )
+    sweep = create(app, redis_client, request, "cpu", ttl=3600, faults={"baseline@bs1": "hang"})
+    rows = {row["cell_id"]: row for row in wait_for_sweep(app, redis_client, sweep.id, timeout=120)}
+    hung = rows["baseline@bs1"]
+    assert (hung["status"], hung["error_type"]) == ("failed", "timeout")
+    assert f"{TIME_LIMIT} s time limit" in hung["error"] and hung["tries"] == 1
+    assert rows["channels_last@bs1"]["status"] == "ok"
+
+
+def test_a_poison_cell_is_tried_a_bounded_number_of_times_then_stays_failed(app, redis_client, hosts):
+    request = SweepRequest(optimizations=("baseline",), batch_sizes=(1, 2), cell_options=TINY_CELL_OPTIONS)
+    sweep = create(app, redis_client, request, "cpu", ttl=3600, faults={"baseline@bs1": "exit"})
+    rows = {row["cell_id"]: row for row in wait_for_sweep(app, redis_client, sweep.id, timeout=120)}
+    poison = rows["baseline@bs1"]
+    assert (poison["status"], poison["error_type"], poison["tries"]) == ("failed", "crashed", 2)
+    assert rows["baseline@bs2"]["status"] == "ok"
+    time.sleep(3)  # nothing delivers it again
+    assert int(redis_client.hget(keys.deliveries(sweep.id), "baseline@bs1#1")) == 2
+
+
+def test_a_cell_whose_worker_was_lost_too_often_gives_up_without_running(app, redis_client, hosts):
+    sweep_id = "lost-workers"
+    redis_client.hset(keys.deliveries(sweep_id), keys.delivery_field("c", 1), 2)  # two workers died on it
+    kwargs = {"sweep_id": sweep_id, "cell_id": "c", "attempt": 1, "spec": {**SLOW_CELL, "device": "cpu"}}
+    envelope = app.send_task("optbench.run_cell", kwargs=kwargs, queue="cpu").get(timeout=60)
+    assert envelope["result"]["error_type"] == "gave_up" and envelope["tries"] == 2
+
+
+def test_duplicate_or_stale_deliveries_never_add_or_replace_rows(app, redis_client, hosts, tmp_path):
+    sweep, first = one_cell_sweep(app, redis_client, min_seconds=0.0)
+    wait_for_sweep(app, redis_client, sweep.id)
+    old_task = first.task_id
+    from producer.sweep import rerun, send
+
+    [second] = rerun(app, redis_client, manifest.load(redis_client, sweep.id), ["baseline@bs1"], ttl=3600)
+    [newest] = wait_for_sweep(app, redis_client, sweep.id)
+    assert newest["attempts"] == 2
+
+    stale = manifest.CellEntry("baseline@bs1", second.spec, "cpu", task_id=old_task, attempts=1)
+    send(app, sweep, [stale, second], {})  # a late copy of attempt 1, and a duplicate of attempt 2
+    app.AsyncResult(old_task).get(timeout=60)
+    app.AsyncResult(second.task_id).get(timeout=60)
+    frame, _ = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, False)
+    assert len(frame) == 1
+    row = frame.iloc[0]
+    assert row["attempts"] == 2 and row["status"] == "ok"
+    assert app.backend.get_task_meta(second.task_id)["result"]["attempt"] == 2
