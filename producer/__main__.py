@@ -60,8 +60,10 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     from producer.sweep import SweepRequest, create, parse_batch_sizes, parse_list, plan
 
     request = SweepRequest(
-        optimizations=parse_list(args.optimizations, "optimizations") if args.optimizations else DEFAULT_OPTIMIZATIONS,
-        batch_sizes=parse_batch_sizes(args.batch_sizes) if args.batch_sizes else None,
+        optimizations=(
+            parse_list(args.optimizations, "optimizations") if args.optimizations is not None else DEFAULT_OPTIMIZATIONS
+        ),
+        batch_sizes=parse_batch_sizes(args.batch_sizes) if args.batch_sizes is not None else None,
         device=args.device,
         name=args.name,
         cell_options={name: getattr(args, name) for name in CELL_OPTIONS if getattr(args, name) is not None},
@@ -94,9 +96,9 @@ def cmd_rerun(args: argparse.Namespace, console: Console) -> int:
     from producer.sweep import parse_cell_ids, rerun
     from results.collect import sweep_rows
 
-    if not args.cells and not args.failed:
+    if args.cells is None and not args.failed:
         raise OptbenchError("say which cells to re-run: --cells fp16@bs16,... or --failed")
-    cells = list(parse_cell_ids(args.cells)) if args.cells else []
+    cells = list(parse_cell_ids(args.cells)) if args.cells is not None else []
     with session(args.start_missing, need_workers=args.wait) as s:
         sweep = manifest.load(s.client, args.sweep)
         if args.failed:

@@ -174,3 +174,39 @@ def test_duplicate_or_stale_deliveries_never_add_or_replace_rows(app, redis_clie
     row = frame.iloc[0]
     assert row["attempts"] == 2 and row["status"] == "ok"
     assert app.backend.get_task_meta(second.task_id)["result"]["attempt"] == 2
+
+
+def test_a_redis_restart_mid_sweep_loses_no_result(tmp_path):
+    """Its own Redis (append-only, as `make sweep` starts it), restarted while cells run."""
+    from celery import Celery
+
+    from producer.services import free_port, private_redis
+    from shared.connection import connect
+
+    def probe(url: str) -> Celery:
+        return Celery(broker=url, backend=url)
+
+    data, port = tmp_path / "redis", free_port()
+    request = SweepRequest(("baseline", "channels_last"), batch_sizes=(1, 2), cell_options=SLOW_CELL)
+    with private_redis(data, port) as url:
+        app = probe(url)
+        workers = start_workers(app, url, tmp_path / "worker.log", **FAST)
+        try:
+            client = connect(url)
+            sweep = create(app, client, request, "cpu", ttl=3600)
+            first = sweep.cells["baseline@bs1"].task_id
+            while app.backend.get_task_meta(first)["status"] != "SUCCESS":
+                time.sleep(0.2)
+            client.close()
+        except BaseException:
+            stop_workers(workers)
+            raise
+    try:
+        with private_redis(data, port) as url:  # the same folder: the append-only file is replayed
+            app, client = probe(url), connect(url)
+            rows = {row["cell_id"]: row for row in wait_for_sweep(app, client, sweep.id, timeout=180)}
+            assert app.backend.get_task_meta(first)["status"] == "SUCCESS"
+            assert {cell: row["status"] for cell, row in rows.items()} == dict.fromkeys(sweep.cells, "ok")
+            client.close()
+    finally:
+        stop_workers(workers)

@@ -103,6 +103,10 @@ def test_two_sweeps_at_once_keep_their_cells_and_rows_apart(app, redis_client, w
         (["--optimizations", "fp16,nonsense"], "unknown optimization 'nonsense'"),
         (["--optimizations", "fp16,fp16"], "duplicate optimization fp16"),
         (["--model", "nonsense"], "unknown model 'nonsense'"),
+        (["--optimizations", ""], "optimizations must be a comma-separated list without empty items"),
+        (["--batch-sizes=-1"], "batch_size must be between 1 and 4096 (got -1)"),
+        (["--batch-sizes", "1.5"], "batch sizes must be integers"),
+        (["--batch-sizes", "100000"], "batch_size must be between 1 and 4096 (got 100000)"),
     ],
 )
 def test_an_invalid_sweep_enqueues_nothing(args, message, redis_url, redis_client):
@@ -124,6 +128,39 @@ def test_unknown_sweep_and_unreachable_redis_are_one_line_errors(redis_url, tmp_
     down = run_cli("results", "collect", env=env)
     assert down.returncode == 2 and "can't reach Redis at 127.0.0.1:1" in down.stderr
     assert "secret-pass" not in down.stderr and len(down.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("cells", ["fp16@", "fp16@bs0", "fp16,,prune@bs1", "@bs2", "fp16 @bs1"])
+def test_a_malformed_cells_list_is_rejected(cells, redis_url):
+    done = run_cli("producer", "rerun", "--cells", cells, env=service_env(redis_url))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "cells" in done.stderr or "cell id" in done.stderr
+
+
+def test_rerun_of_a_cell_the_sweep_lacks_is_rejected(app, redis_client, redis_url):
+    request = SweepRequest(optimizations=("baseline",), batch_sizes=(1,), cell_options=TINY_CELL_OPTIONS)
+    sweep = create(app, redis_client, request, "cuda", ttl=3600)  # nobody serves `gpu` here: stays queued
+    try:
+        done = run_cli("producer", "rerun", "--sweep", sweep.id, "--cells", "fp16@bs1", env=service_env(redis_url))
+        assert done.returncode == 2 and f"sweep {sweep.id} has no cell 'fp16@bs1'" in done.stderr
+        assert manifest.load(redis_client, sweep.id).cells["baseline@bs1"].attempts == 1
+    finally:
+        redis_client.delete("gpu")
+
+
+def test_collecting_a_sweep_without_results_writes_pending_rows(app, redis_client, tmp_path):
+    from results.collect import collect
+
+    request = SweepRequest(optimizations=("baseline", "fp16"), batch_sizes=(1,), cell_options=TINY_CELL_OPTIONS)
+    sweep = create(app, redis_client, request, "cuda", ttl=3600)  # nobody serves `gpu` here: stays queued
+    try:
+        _, paths = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, True)
+        written = pd.read_csv(paths[0])
+        assert list(written["status"]) == ["queued", "queued"]
+        assert list(written["cell_id"]) == ["baseline@bs1", "fp16@bs1"]
+        assert written["latency_ms_p50"].isna().all() and (written["attempts"] == 1).all()
+    finally:
+        redis_client.delete("gpu")
 
 
 def test_a_task_sent_by_hand_with_a_bad_spec_fails_without_running(app, workers):
