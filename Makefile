@@ -17,7 +17,7 @@ SWEEP_ARGS = $(if $(MODEL),--model $(MODEL)) $(if $(OPTIMIZATIONS),--optimizatio
              $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES)) $(if $(DEVICE),--device $(DEVICE)) \
              $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(NAME),--name $(NAME))
 
-.PHONY: setup sweep worker status collect rerun cell test bench lint clean
+.PHONY: setup sweep worker flower status collect report rerun cell test bench lint clean
 
 # The venv is rebuilt only when pyproject.toml changes (idempotent). redis-server is a system package.
 setup: $(VENV)/.installed
@@ -41,11 +41,19 @@ sweep: setup
 worker: setup
 	$(PY) -m worker
 
+# Flower at http://127.0.0.1:5555 (set OPTBENCH_FLOWER_USER and OPTBENCH_FLOWER_PASSWORD for basic auth)
+flower: setup
+	$(PY) -m producer flower --start-missing $(if $(FLOWER_ADDRESS),--address $(FLOWER_ADDRESS))
+
 status: setup
 	$(PY) -m producer status --start-missing --sweep $(SWEEP)
 
 collect: setup
 	$(PY) -m results collect --start-missing --sweep $(SWEEP)
+
+# results/<sweep id>/report.md with plots (make sweep writes it too)
+report: setup
+	$(PY) -m results report --start-missing --sweep $(SWEEP)
 
 # make rerun CELLS=fp16@bs16,prune@bs1   or   make rerun   (all failed cells)
 rerun: setup
@@ -62,6 +70,7 @@ test: setup
 bench: setup
 	$(PY) tests/bench/bench_cell_timer.py
 	$(PY) tests/bench/bench_orchestration.py
+	$(PY) -m tests.bench.bench_soak
 
 lint: setup
 	$(PY) -m ruff check .

@@ -114,16 +114,28 @@ def cmd_rerun(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_flower(args: argparse.Namespace, console: Console) -> int:
+    from producer import flower
+
+    flower.basic_auth()  # bad credentials settings fail before anything starts
+    with session(args.start_missing, need_workers=False) as s:
+        url = s.app.conf.broker_url
+        console.print(f"Flower on http://{args.address}:{args.port} (Ctrl-C stops it)", highlight=False)
+        return flower.run(url, args.address, args.port)
+
+
 def finish(s: Session, sweep_id: str, console: Console) -> None:
-    """Wait for every cell, then collect the CSV and show the table."""
+    """Wait for every cell, then write the CSV and the report, and show the table."""
     from producer.progress import status_table, wait
     from results.collect import collect
+    from results.report import write_report
 
     rows = wait(s.app.backend, s.client, sweep_id, console)
     sweep = manifest.load(s.client, sweep_id)
     _, paths = collect(s.app.backend, sweep, s.settings.results_dir, manifest.latest_id(s.client) == sweep_id)
+    report = write_report(paths[0], paths[0].with_suffix(""))
     console.print(status_table(sweep, rows))
-    console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
+    console.print("wrote " + ", ".join(str(p) for p in [*paths, report]) + " and its plots", highlight=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--sweep", default="latest", help="sweep id, or latest (default)")
     for command in (sweep, rerun):
         command.add_argument("--wait", action="store_true", help="show progress until done, then write the CSV")
-    for command in (sweep, status, rerun):
+    flower = commands.add_parser("flower", help="Flower on this Redis, basic auth from OPTBENCH_FLOWER_USER/_PASSWORD")
+    flower.add_argument("--address", default="127.0.0.1", help="listen address (default loopback)")
+    flower.add_argument("--port", type=int, default=5555)
+    for command in (sweep, status, rerun, flower):
         command.add_argument(
             "--start-missing",
             action="store_true",
@@ -165,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.start_missing and args.command in ("sweep", "rerun") and not args.wait:
             raise OptbenchError("--start-missing stops what it started when done: use it with --wait")
-        return {"sweep": cmd_sweep, "status": cmd_status, "rerun": cmd_rerun}[args.command](args, console)
+        commands = {"sweep": cmd_sweep, "status": cmd_status, "rerun": cmd_rerun, "flower": cmd_flower}
+        return commands[args.command](args, console)
     except OptbenchError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ class Settings:
     max_tries: int  # deliveries of one cell attempt (crashes and lost workers) before it stays failed
     unacked_restore_interval: float  # seconds between the broker's scans for cells to redeliver
     unacked_restore_throttle: int  # scan on every Nth interval
+    unacked_mutex_expire: int  # seconds a scan's lock outlives a worker killed while holding it
 
 
 def load() -> Settings:
@@ -35,6 +36,7 @@ def load() -> Settings:
         max_tries=int(os.environ.get("OPTBENCH_MAX_TRIES", "2")),
         unacked_restore_interval=float(os.environ.get("OPTBENCH_UNACKED_RESTORE_INTERVAL", "10")),
         unacked_restore_throttle=int(os.environ.get("OPTBENCH_UNACKED_RESTORE_THROTTLE", "10")),
+        unacked_mutex_expire=int(os.environ.get("OPTBENCH_UNACKED_MUTEX_EXPIRE", "300")),
     )
 
 

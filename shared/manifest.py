@@ -60,6 +60,33 @@ def save_cell(client: redis.Redis, sweep_id: str, entry: CellEntry) -> None:
     client.hset(keys.sweep(sweep_id), f"cell:{entry.cell_id}", json.dumps(dataclasses.asdict(entry)))
 
 
+def claim(client: redis.Redis, sweep_id: str, cell_id: str, attempt: int, task_id: str) -> bool:
+    """Whether `task_id` is (now) the cell's current attempt.
+
+    A re-run sent without the producer (e.g. through Flower's async-apply, with the attempt number
+    bumped) becomes current when its attempt is newer than the manifest's; an older or duplicate
+    attempt never replaces a newer one. Unknown sweeps and cells are left alone.
+    """
+    key, field = keys.sweep(sweep_id), f"cell:{cell_id}"
+    with client.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.hget(key, field)
+                if raw is None:
+                    return False
+                entry = json.loads(raw)
+                if entry["task_id"] == task_id or attempt <= entry["attempts"]:
+                    return entry["task_id"] == task_id
+                entry.update(task_id=task_id, attempts=attempt)
+                pipe.multi()
+                pipe.hset(key, field, json.dumps(entry))
+                pipe.execute()
+                return True
+            except redis.WatchError:  # the manifest changed meanwhile: read it again
+                continue
+
+
 def latest_id(client: redis.Redis) -> str | None:
     newest = client.zrevrange(keys.SWEEPS, 0, 0)
     return newest[0].decode() if newest else None

@@ -89,6 +89,19 @@ class CellResult:
     started_at: str | None = None
     finished_at: str | None = None
 
+    @classmethod
+    def for_spec(cls, spec: Any, **fields: Any) -> CellResult:
+        """A result for `spec` (a CellSpec): what was asked, plus `fields`."""
+        asked = {
+            "model": spec.model,
+            "optimization": spec.optimization,
+            "batch_size": spec.batch_size,
+            "image_size": spec.image_size,
+            "requested_device": spec.device,
+            "seed": spec.seed,
+        }
+        return cls(**asked, **fields)
+
     def update(self, values: dict[str, Any]) -> None:
         for name, value in values.items():
             if name not in FIELD_NAMES:

@@ -26,6 +26,7 @@ FAST = {
     "OPTBENCH_VISIBILITY_TIMEOUT": str(VISIBILITY),
     "OPTBENCH_UNACKED_RESTORE_INTERVAL": "1",
     "OPTBENCH_UNACKED_RESTORE_THROTTLE": "1",
+    "OPTBENCH_UNACKED_MUTEX_EXPIRE": "5",
 }
 SLOW_CELL = {**TINY_CELL_OPTIONS, "min_seconds": 3.0}  # long enough to be hit mid-measurement
 

@@ -12,6 +12,7 @@ from producer.sweep import SweepRequest, create
 from results.collect import COLUMNS
 from shared import keys, manifest
 from tests.conftest import TINY_CELL_OPTIONS, TINY_SWEEP_ARGS, run_cli, service_env, wait_for_sweep
+from tests.test_report import check_report
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -30,6 +31,8 @@ def test_a_small_sweep_yields_a_complete_csv_and_rerun_replaces_one_row(redis_ur
     sweep_id = sweep.stdout.strip()
     assert redis_url.split("@")[0].split(":")[-1] not in sweep.stderr  # the password isn't printed
 
+    assert (tmp_path / sweep_id / "report.md").exists()
+    check_report(tmp_path / f"{sweep_id}.csv", tmp_path / sweep_id)
     first = read_csv(tmp_path / f"{sweep_id}.csv")
     assert list(pd.read_csv(tmp_path / "benchmark_results.csv").columns) == list(COLUMNS)
     assert sorted(first.index) == sorted(f"{o}@bs{b}" for o in ("baseline", "prune", "dynamic_quant") for b in (1, 2))

@@ -68,7 +68,7 @@ def worker_commands(gpus: list[Gpu], host: str, cpu_worker: bool, loglevel: str)
             {
                 "CUDA_VISIBLE_DEVICES": gpu.uuid,
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-                "OPTBENCH_GPU": f"{gpu.index},{gpu.uuid},{gpu.name}",
+                "OPTBENCH_GPU": f"index {gpu.index}, {gpu.name}, {gpu.uuid}",
             },
         )
         for gpu in gpus

@@ -5,6 +5,8 @@ Start workers with `python -m worker` (one per GPU); `celery -A worker.app worke
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 
 from shared import config
@@ -36,6 +38,7 @@ app.conf.update(
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": settings.unacked_restore_interval,
         "unacked_restore_throttle": settings.unacked_restore_throttle,
+        "unacked_mutex_expire": settings.unacked_mutex_expire,
     },
     result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
     # Survive a Redis restart: reconnect to the broker, and retry storing a result until it lands.
@@ -46,6 +49,10 @@ app.conf.update(
     task_default_queue="cpu",
     worker_hijack_root_logger=False,
 )
+
+
+# What this worker is pinned to, for Flower's worker view (Config tab) and /api/workers?refresh=1.
+app.conf.optbench_gpu = os.environ.get("OPTBENCH_GPU", "none (CPU worker)")
 
 
 def use_redis(url: str) -> None:

@@ -44,15 +44,10 @@ def run_cell(spec: CellSpec, on_progress: OnProgress | None = None) -> CellResul
     report = on_progress or (lambda phase, **details: None)
     chain = parse_chain(spec.optimization)
     names = {opt.name for opt in chain}
-    result = CellResult(
-        model=spec.model,
-        optimization=spec.optimization,
-        batch_size=spec.batch_size,
-        image_size=spec.image_size,
-        requested_device=spec.device,
+    result = CellResult.for_spec(
+        spec,
         prune_amount=spec.prune_amount if names & {"prune", "prune_structured"} else None,
         compile_mode=spec.compile_mode if "compile" in names else None,
-        seed=spec.seed,
         started_at=utc_now(),
     )
     try:

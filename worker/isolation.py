@@ -124,17 +124,12 @@ def _tail(path: str) -> str:
 
 
 def _failed(spec: CellSpec, started_at: str, error_type: str, error: str) -> dict[str, Any]:
-    result = CellResult(
-        model=spec.model,
-        optimization=spec.optimization,
-        batch_size=spec.batch_size,
-        image_size=spec.image_size,
-        requested_device=spec.device,
+    result = CellResult.for_spec(
+        spec,
         status="failed",
         error_type=error_type,
         error=error,
         host=socket.gethostname(),
-        seed=spec.seed,
         started_at=started_at,
         finished_at=utc_now(),
     )

@@ -2,6 +2,7 @@
 
 What happens to a cell, in order:
 - its arguments are validated again here: a bad spec is a failed result (`invalid_spec`), nothing runs;
+- a newer attempt sent without the producer (Flower's async-apply) becomes the cell's current one;
 - its delivery is counted in Redis; past OPTBENCH_MAX_TRIES deliveries of the same attempt (its
   process crashed, or its worker was killed, every time) it stays failed (`gave_up`) without running;
 - its process crashing is retried through Celery's retry (a new delivery) until that bound;
@@ -17,7 +18,7 @@ from typing import Any
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutting_down
 
-from shared import keys
+from shared import keys, manifest
 from shared.errors import OptbenchError
 from shared.spec import CellSpec
 from worker.app import app, settings
@@ -50,6 +51,7 @@ def run_cell(self, sweep_id: str, cell_id: str, attempt: int, spec: dict[str, An
         log.warning("rejected cell %s of sweep %s: %s", cell_id, sweep_id, exc)
         return {**envelope, "result": _failed_without_running(spec, "invalid_spec", str(exc))}
 
+    manifest.claim(app.backend.client, sweep_id, cell_id, attempt, self.request.id)
     counter = (keys.deliveries(sweep_id), keys.delivery_field(cell_id, attempt))
     tries = _count_delivery(*counter)
     if tries > settings.max_tries:

@@ -1,0 +1,42 @@
+"""`python -m producer flower`: Flower against optbench's Redis, with basic auth.
+
+Credentials come from OPTBENCH_FLOWER_USER and OPTBENCH_FLOWER_PASSWORD (or Flower's own
+FLOWER_BASIC_AUTH=user:password) and reach Flower through its environment, never its command line.
+Without credentials Flower only listens on loopback, and its API answers 401 to everyone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from shared.connection import LOOPBACK
+from shared.errors import OptbenchError
+
+
+def basic_auth() -> str | None:
+    user, password = os.environ.get("OPTBENCH_FLOWER_USER"), os.environ.get("OPTBENCH_FLOWER_PASSWORD")
+    if user and password:
+        return f"{user}:{password}"
+    if user or password:
+        raise OptbenchError("set both OPTBENCH_FLOWER_USER and OPTBENCH_FLOWER_PASSWORD, or neither")
+    return os.environ.get("FLOWER_BASIC_AUTH") or None
+
+
+def flower_command(address: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.app", "flower", f"--address={address}", f"--port={port}"]
+
+
+def run(redis_url: str, address: str, port: int) -> int:
+    """Run Flower in the foreground until it exits (Ctrl-C)."""
+    auth = basic_auth()
+    if auth is None and address not in LOOPBACK:
+        raise OptbenchError(
+            f"refusing to serve Flower on {address} without credentials: "
+            "set OPTBENCH_FLOWER_USER and OPTBENCH_FLOWER_PASSWORD, or use --address 127.0.0.1"
+        )
+    env = {**os.environ, "OPTBENCH_REDIS_URL": redis_url}
+    if auth:
+        env["FLOWER_BASIC_AUTH"] = auth
+    return subprocess.call(flower_command(address, port), env=env)

@@ -1,0 +1,110 @@
+"""Flower over HTTP, as `make flower` starts it, against a real sweep on real workers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from producer.services import free_port, stop_process
+from producer.sweep import SweepRequest, create
+from results.collect import collect
+from shared import manifest
+from tests.conftest import REPO, TINY_CELL_OPTIONS, run_cli, service_env, wait_for_sweep
+
+pytestmark = pytest.mark.timeout(300)
+USER, PASSWORD = "optbench", "flower-test-password"
+
+
+@pytest.fixture(scope="module")
+def flower(redis_url, workers, tmp_path_factory):
+    port = free_port()
+    env = service_env(redis_url, OPTBENCH_FLOWER_USER=USER, OPTBENCH_FLOWER_PASSWORD=PASSWORD)
+    log = tmp_path_factory.mktemp("flower") / "flower.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "producer", "flower", "--port", str(port)],
+            cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if get(base + "/healthcheck", auth=False)[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        stop_process(process, timeout=10)
+        raise AssertionError("Flower did not start: " + log.read_text()[-2000:])
+    yield base
+    stop_process(process, timeout=20)
+
+
+def request(url: str, auth: bool = True, body: dict | None = None) -> tuple[int, str]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def get(url: str, auth: bool = True) -> tuple[int, str]:
+    return request(url, auth)
+
+
+def test_healthcheck_answers_and_the_api_needs_credentials(flower):
+    assert get(flower + "/healthcheck", auth=False) == (200, "OK")
+    assert get(flower + "/api/workers", auth=False)[0] == 401
+    assert get(flower + "/api/workers")[0] == 200
+
+
+def test_workers_are_listed_with_the_hardware_they_are_pinned_to(flower):
+    status, body = get(flower + "/api/workers?refresh=1")
+    assert status == 200
+    workers = json.loads(body)
+    [name] = [name for name in workers if name.startswith("cpu@")]
+    assert workers[name]["conf"]["optbench_gpu"] == "none (CPU worker)"
+    assert [queue["name"] for queue in workers[name]["active_queues"]] == ["cpu"]
+
+
+def test_a_sweep_shows_in_flower_and_a_rerun_through_flower_lands_in_its_results(flower, app, redis_client, tmp_path):
+    request_ = SweepRequest(optimizations=("baseline", "prune"), batch_sizes=(1,), cell_options=TINY_CELL_OPTIONS)
+    sweep = create(app, redis_client, request_, "cpu", ttl=3600)
+    wait_for_sweep(app, redis_client, sweep.id)
+    time.sleep(1.0)  # Flower reads the task events asynchronously
+    tasks = json.loads(get(flower + "/api/tasks?taskname=optbench.run_cell&limit=1000")[1])
+    ours = {t["kwargs"]: t["state"] for t in tasks.values() if sweep.id in (t.get("kwargs") or "")}
+    assert len(ours) == 2 and set(ours.values()) == {"SUCCESS"}
+    assert all("'cell_id': 'baseline@bs1'" in k or "'cell_id': 'prune@bs1'" in k for k in ours)
+
+    cell = sweep.cells["prune@bs1"]
+    kwargs = {"sweep_id": sweep.id, "cell_id": cell.cell_id, "attempt": 2, "spec": cell.spec}
+    status, body = request(flower + "/api/task/async-apply/optbench.run_cell", body={"kwargs": kwargs, "queue": "cpu"})
+    assert status == 200, body
+    flower_task = json.loads(body)["task-id"]
+    app.AsyncResult(flower_task).get(timeout=120)
+    frame, _ = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, False)
+    rows = frame.set_index("cell_id")
+    assert rows.loc["prune@bs1", "attempts"] == 2 and rows.loc["prune@bs1", "status"] == "ok"
+    assert manifest.load(redis_client, sweep.id).cells["prune@bs1"].task_id == flower_task
+    assert rows.loc["baseline@bs1", "attempts"] == 1
+
+
+def test_flower_refuses_a_public_address_without_credentials(redis_url):
+    env = {k: v for k, v in service_env(redis_url).items() if "FLOWER" not in k}
+    done = run_cli("producer", "flower", "--address", "0.0.0.0", env=env, timeout=60)
+    assert done.returncode == 2
+    assert "refusing to serve Flower on 0.0.0.0 without credentials" in done.stderr
