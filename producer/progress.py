@@ -38,7 +38,7 @@ def status_table(sweep: Sweep, rows: list[dict[str, Any]]) -> Table:
             _number(row.get("latency_ms_p50"), 2),
             _number(row.get("latency_ms_p99"), 2),
             _number(row.get("throughput_sps")),
-            (row.get("error") or "")[:80],
+            (row.get("error") or row.get("phase") or "")[:80],
         )
     return table
 

@@ -48,7 +48,8 @@ def cell_row(sweep: Sweep, entry: CellEntry, meta: dict[str, Any]) -> dict[str, 
         row.update(status="failed", error_type="task_error", error=str(meta.get("result"))[:500])
         row["worker"] = meta.get("worker")
     elif state in ("STARTED", "PROGRESS"):
-        row.update(status="running", worker=meta.get("worker") or (meta.get("result") or {}).get("hostname"))
+        info = meta.get("result") or {}
+        row.update(status="running", worker=meta.get("worker") or info.get("hostname"), phase=info.get("phase"))
     else:
         row["status"] = "queued"
     return row

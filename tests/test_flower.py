@@ -103,6 +103,24 @@ def test_a_sweep_shows_in_flower_and_a_rerun_through_flower_lands_in_its_results
     assert rows.loc["baseline@bs1", "attempts"] == 1
 
 
+def test_a_running_cell_reports_its_phase_to_flower(flower, app, redis_client):
+    slow = {**TINY_CELL_OPTIONS, "min_seconds": 4.0}
+    sweep = create(app, redis_client, SweepRequest(("baseline",), (1,), cell_options=slow), "cpu", ttl=3600)
+    task_id = sweep.cells["baseline@bs1"].task_id
+    deadline, info, result = time.monotonic() + 60, {}, {}
+    while time.monotonic() < deadline:
+        info = json.loads(get(f"{flower}/api/task/info/{task_id}")[1] or "{}")
+        result = json.loads(get(f"{flower}/api/task/result/{task_id}")[1] or "{}")
+        if info.get("state") == "PROGRESS" and '"phase": "measuring"' in (info.get("result") or ""):
+            break
+        time.sleep(0.3)
+    assert info.get("state") == "PROGRESS" and result.get("state") == "PROGRESS", (info, result)
+    progress = json.loads(info["result"])
+    assert progress["phase"] == "measuring" and progress["cell_id"] == "baseline@bs1"
+    assert progress["iterations"] >= 1 and progress["elapsed"] >= 0
+    wait_for_sweep(app, redis_client, sweep.id)
+
+
 def test_flower_refuses_a_public_address_without_credentials(redis_url):
     env = {k: v for k, v in service_env(redis_url).items() if "FLOWER" not in k}
     done = run_cli("producer", "flower", "--address", "0.0.0.0", env=env, timeout=60)

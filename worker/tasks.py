@@ -11,6 +11,7 @@ What happens to a cell, in order:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -79,7 +80,7 @@ def _count_delivery(key: str, field: str) -> int:
 
 
 def _progress_reporter(task, sweep_id: str, cell_id: str):
-    """update_state(PROGRESS) on each new phase and at most once a second within a phase."""
+    """Report PROGRESS on each new phase and at most once a second within a phase."""
     last = {"phase": None, "at": 0.0}
 
     def report(phase: str, **details: Any) -> None:
@@ -87,7 +88,10 @@ def _progress_reporter(task, sweep_id: str, cell_id: str):
         if phase == last["phase"] and now - last["at"] < PROGRESS_EVERY_SECONDS:
             return
         last.update(phase=phase, at=now)
-        task.update_state(state="PROGRESS", meta={"sweep_id": sweep_id, "cell_id": cell_id, "phase": phase, **details})
+        meta = {"sweep_id": sweep_id, "cell_id": cell_id, "phase": phase, **details}
+        task.update_state(state="PROGRESS", meta=meta)  # the result backend: `producer status`, Flower's API
+        # The event stream: Flower's task page and /api/task/info show state PROGRESS and this as the result.
+        task.send_event("task-progress", result=json.dumps(meta))
 
     return report
 
