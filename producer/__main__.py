@@ -48,12 +48,12 @@ def session(start_missing: bool, need_workers: bool) -> Iterator[Session]:
         yield Session(app, client, settings)
 
 
-def gpu_workers_online(app) -> bool | None:
-    """True if some worker consumes the gpu queue, False if only others answer, None if none does."""
-    queues = app.control.inspect(timeout=1.0).active_queues()
-    if not queues:
+def online_queues(app) -> set[str] | None:
+    """The queues online workers consume, or None when no worker answers."""
+    replies = app.control.inspect(timeout=1.0).active_queues()
+    if not replies:
         return None
-    return any(queue["name"] == "gpu" for worker in queues.values() for queue in worker)
+    return {queue["name"] for queues in replies.values() for queue in queues}
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
@@ -65,17 +65,22 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
         ),
         batch_sizes=parse_batch_sizes(args.batch_sizes) if args.batch_sizes is not None else None,
         device=args.device,
+        gpu_model=args.gpu_model,
         name=args.name,
         cell_options={name: getattr(args, name) for name in CELL_OPTIONS if getattr(args, name) is not None},
     )
     if args.device != "auto":
         plan(request, args.device)  # bad input fails here, before any connection or service starts
     with session(args.start_missing, need_workers=True) as s:
-        from producer.sweep import resolve_device
+        from producer.sweep import gpu_queue_for, resolve_device
 
-        device = resolve_device(args.device, gpu_workers_online(s.app) if args.device == "auto" else None)
-        sweep = create(s.app, s.client, request, device, s.settings.result_expires)
-        console.print(f"sweep [bold]{sweep.id}[/]: {len(sweep.cells)} cells on {device}", highlight=False)
+        queues = online_queues(s.app)
+        gpu_online = None if queues is None else "gpu" in queues
+        device = resolve_device(args.device, gpu_online)
+        gpu_queue = gpu_queue_for(args.gpu_model, {q for q in queues or () if q.startswith("gpu.")})
+        sweep = create(s.app, s.client, request, device, s.settings.result_expires, gpu_queue=gpu_queue)
+        where = f"{device} (queue {gpu_queue})" if device == "cuda" else device
+        console.print(f"sweep [bold]{sweep.id}[/]: {len(sweep.cells)} cells on {where}", highlight=False)
         print(sweep.id)
         if args.wait:
             finish(s, sweep.id, console)
@@ -148,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--batch-sizes", help="comma-separated (default: 1,2,4,8,16 on a GPU, 1,2,4 on a CPU)")
     sweep.add_argument("--name", help="a label kept with the sweep")
+    sweep.add_argument(
+        "--gpu-model",
+        help="pin GPU cells to one GPU model (e.g. 'NVIDIA H200'); 'any' mixes models for a hardware comparison",
+    )
     add_cell_arguments(sweep)
 
     status = commands.add_parser("status", help="a table of a sweep's cells")

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from shared import manifest
+from shared import keys, manifest
 from shared.environment import utc_now
 from shared.errors import OptbenchError
 from shared.manifest import CellEntry, Sweep
@@ -32,6 +32,7 @@ class SweepRequest:
     optimizations: tuple[str, ...] = DEFAULT_OPTIMIZATIONS
     batch_sizes: tuple[int, ...] | None = None  # None: the device's default set
     device: str = "auto"
+    gpu_model: str | None = None  # a GPU name to pin the sweep to, `any` to allow mixed GPUs, None: the only one
     name: str | None = None
     cell_options: dict[str, Any] = field(default_factory=dict)
 
@@ -71,7 +72,27 @@ def resolve_device(requested: str, gpu_workers_online: bool | None) -> str:
     return "cuda" if gpu_workers_online else "cpu"
 
 
-def plan(request: SweepRequest, device: str) -> list[CellEntry]:
+def gpu_queue_for(requested: str | None, online_model_queues: set[str]) -> str:
+    """The queue of a CUDA sweep's GPU cells: one GPU model's, so a sweep never mixes hardware,
+    unless the user asks for a comparison (`any`: every GPU worker serves it; rows show device_name)."""
+    if requested == "any":
+        return keys.GPU_QUEUE
+    if requested:
+        queue = keys.gpu_model_queue(requested)
+        if online_model_queues and queue not in online_model_queues:
+            models = ", ".join(q.removeprefix("gpu.") for q in sorted(online_model_queues))
+            raise OptbenchError(f"no online worker has a {requested!r} GPU (online: {models})")
+        return queue
+    if len(online_model_queues) > 1:
+        models = ", ".join(q.removeprefix("gpu.") for q in sorted(online_model_queues))
+        raise OptbenchError(
+            f"workers with several GPU models are online ({models}): pin the sweep to one with "
+            "--gpu-model NAME, or compare them with --gpu-model any"
+        )
+    return next(iter(online_model_queues), keys.GPU_QUEUE)
+
+
+def plan(request: SweepRequest, device: str, gpu_queue: str = keys.GPU_QUEUE) -> list[CellEntry]:
     """Every cell of the sweep, each validated; raises OptbenchError before anything is sent."""
     if not request.optimizations:
         raise OptbenchError("the sweep has no optimizations")
@@ -89,16 +110,22 @@ def plan(request: SweepRequest, device: str) -> list[CellEntry]:
             spec = CellSpec(
                 optimization=optimization, batch_size=batch_size, device=cell_device, **request.cell_options
             )
-            queue = "gpu" if cell_device == "cuda" else "cpu"
+            queue = gpu_queue if cell_device == "cuda" else keys.CPU_QUEUE
             cells.append(CellEntry(spec.cell_id, spec.to_dict(), queue, task_id=str(uuid.uuid4())))
     return cells
 
 
 def create(
-    app, client: redis.Redis, request: SweepRequest, device: str, ttl: int, faults: dict[str, str] | None = None
+    app,
+    client: redis.Redis,
+    request: SweepRequest,
+    device: str,
+    ttl: int,
+    faults: dict[str, str] | None = None,
+    gpu_queue: str = keys.GPU_QUEUE,
 ) -> Sweep:
     """Plan, save the manifest, then enqueue. `faults` (tests only) maps cell ids to a fault to inject."""
-    cells = plan(request, device)
+    cells = plan(request, device, gpu_queue)
     unknown = sorted(set(faults or {}) - {c.cell_id for c in cells})
     if unknown:
         raise OptbenchError(f"faults name cells the sweep doesn't have: {', '.join(unknown)}")
@@ -111,6 +138,7 @@ def create(
             "optimizations": list(request.optimizations),
             "batch_sizes": sorted({c.spec["batch_size"] for c in cells}),
             "device": device,
+            "gpu_queue": gpu_queue if device == "cuda" else None,
             "cell_options": request.cell_options,
             "cells": [c.cell_id for c in cells],
         },

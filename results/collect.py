@@ -65,7 +65,9 @@ def ordered_cells(sweep: Sweep) -> list[CellEntry]:
 
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame([{column: row.get(column) for column in COLUMNS} for row in rows], columns=list(COLUMNS))
+    """One row per cell in sweep order, grouped by device name when several GPUs took part."""
+    frame = pd.DataFrame([{column: row.get(column) for column in COLUMNS} for row in rows], columns=list(COLUMNS))
+    return frame.sort_values("device_name", kind="stable", na_position="last").reset_index(drop=True)
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:

@@ -70,11 +70,15 @@ def write_report(csv_path: Path, out_dir: Path) -> Path:
     ok = frame[frame["status"] == "ok"]
     cite = Citations(frame)
     plots = _plots(ok, out_dir) if len(ok) else []
+    devices = sorted(ok["device_name"].dropna().unique())
+    findings = []
+    for device in devices:  # a hardware comparison (`--gpu-model any`) gets one group per device
+        on_device = ok[ok["device_name"] == device]
+        findings += [f"# On {device}" if len(devices) > 1 else ""]
+        findings += [_best(on_device, cite), _versus_baseline(on_device, cite), _fidelity(on_device, cite)]
     sections = [
         _header(frame, ok),
-        _best(ok, cite),
-        _versus_baseline(ok, cite),
-        _fidelity(ok, cite),
+        *findings,
         _not_ok(frame),
         _environment(frame),
         "## Plots\n\n" + "\n".join(f"![{title}]({name})" for name, title in plots) if plots else "",

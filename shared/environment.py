@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import socket
 
@@ -12,6 +13,11 @@ import torchvision
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def host_name() -> str:
+    """The host a result says it ran on: OPTBENCH_HOST (set by `python -m worker --host`), else the hostname."""
+    return os.environ.get("OPTBENCH_HOST") or socket.gethostname()
 
 
 def cpu_model() -> str:
@@ -41,7 +47,7 @@ def snapshot(device: torch.device, nvml_handle=None) -> dict[str, object]:
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if on_cuda else None,
         "tf32_cudnn": torch.backends.cudnn.allow_tf32 if on_cuda else None,
         "cudnn_benchmark": torch.backends.cudnn.benchmark if on_cuda else None,
-        "host": socket.gethostname(),
+        "host": host_name(),
         "cpu_model": cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,

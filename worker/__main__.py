@@ -2,7 +2,8 @@
 
 GPUs are listed through NVML, which (unlike torch.cuda) does not initialize CUDA. Each GPU worker
 sees only its GPU (CUDA_VISIBLE_DEVICES=<its UUID>, CUDA_DEVICE_ORDER=PCI_BUS_ID), consumes the
-`gpu` queue one cell at a time and is named `gpu<index>@<host>`; the CPU worker (`cpu@<host>`)
+`gpu` queue and its model's queue (e.g. `gpu.nvidia-h200`) one cell at a time and is named
+`gpu<index>@<host>`; the CPU worker (`cpu@<host>`)
 consumes the `cpu` queue: CPU-only cells such as dynamic_quant, and every cell of a CPU sweep.
 """
 
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from shared import keys
 from shared.config import load, redact
 from shared.connection import connect
 from shared.errors import OptbenchError
@@ -64,7 +66,7 @@ def worker_commands(gpus: list[Gpu], host: str, cpu_worker: bool, loglevel: str)
 
     workers = [
         (
-            command(f"gpu{gpu.index}", "gpu"),
+            command(f"gpu{gpu.index}", f"{keys.GPU_QUEUE},{keys.gpu_model_queue(gpu.name)}"),
             {
                 "CUDA_VISIBLE_DEVICES": gpu.uuid,
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
@@ -74,8 +76,8 @@ def worker_commands(gpus: list[Gpu], host: str, cpu_worker: bool, loglevel: str)
         for gpu in gpus
     ]
     if cpu_worker or not gpus:
-        workers.append((command("cpu", "cpu"), {"CUDA_VISIBLE_DEVICES": ""}))
-    return workers
+        workers.append((command("cpu", keys.CPU_QUEUE), {"CUDA_VISIBLE_DEVICES": ""}))
+    return [(cmd, {**extra, "OPTBENCH_HOST": host}) for cmd, extra in workers]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=socket.gethostname(), help="host part of the worker names")
     parser.add_argument("--no-cpu-worker", action="store_true", help="on a GPU host, start GPU workers only")
     parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument("--ping", action="store_true", help="exit 0 if this host's workers answer (healthcheck)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.ping:
+        return 0 if ping_host(args.host) else 1
 
     url = load().redis_url
     try:
@@ -108,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, stop)
     codes = [child.wait() for child in children]
     return max(codes, default=0)
+
+
+def ping_host(host: str) -> bool:
+    from worker.app import app
+
+    replies = app.control.ping(timeout=10.0)
+    return any(name.endswith(f"@{host}") for reply in replies for name in reply)
 
 
 def _text(value: str | bytes) -> str:

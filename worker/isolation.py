@@ -21,14 +21,13 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.environment import utc_now
+from shared.environment import host_name, utc_now
 from shared.result import CellResult
 from shared.spec import CellSpec
 
@@ -129,7 +128,7 @@ def _failed(spec: CellSpec, started_at: str, error_type: str, error: str) -> dic
         status="failed",
         error_type=error_type,
         error=error,
-        host=socket.gethostname(),
+        host=host_name(),
         started_at=started_at,
         finished_at=utc_now(),
     )
