@@ -162,7 +162,7 @@ def rerun(app, client: redis.Redis, sweep: Sweep, cell_ids: list[str], ttl: int)
         entry.task_id, entry.attempts = str(uuid.uuid4()), entry.attempts + 1
         manifest.save_cell(client, sweep.id, entry)
         entries.append(entry)
-    client.expire(manifest.keys.sweep(sweep.id), ttl)
+    client.expire(keys.sweep(sweep.id), ttl)
     send(app, sweep, entries, {})
     return entries
 
