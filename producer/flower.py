@@ -8,9 +8,11 @@ Without credentials Flower only listens on loopback, and its API answers 401 to 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
+from producer.services import stop_process
 from shared.connection import LOOPBACK
 from shared.errors import OptbenchError
 
@@ -39,4 +41,17 @@ def run(redis_url: str, address: str, port: int) -> int:
     env = {**os.environ, "OPTBENCH_REDIS_URL": redis_url}
     if auth:
         env["FLOWER_BASIC_AUTH"] = auth
-    return subprocess.call(flower_command(address, port), env=env)
+    process = subprocess.Popen(flower_command(address, port), env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        if process.poll() is None:
+            process.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return process.wait()
+    finally:  # never leave Flower running behind us
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if process.poll() is None:
+            stop_process(process, timeout=10)

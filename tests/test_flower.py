@@ -45,6 +45,9 @@ def flower(redis_url, workers, tmp_path_factory):
         raise AssertionError("Flower did not start: " + log.read_text()[-2000:])
     yield base
     stop_process(process, timeout=20)
+    time.sleep(1)
+    leftover = subprocess.run(["pgrep", "-f", f"flower --address=127.0.0.1 --port={port}"], capture_output=True)
+    assert leftover.returncode == 1, "Flower outlived `python -m producer flower`"
 
 
 def request(url: str, auth: bool = True, body: dict | None = None) -> tuple[int, str]:
