@@ -233,6 +233,8 @@ def _plots(ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, str]]:
             series = table[optimization].dropna()
             ax.plot(series.index, series.values, marker="o", label=optimization)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(list(table.index), [str(b) for b in table.index])
+        ax.minorticks_off()
         ax.set_xlabel("batch size")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -243,8 +245,10 @@ def _plots(ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, str]]:
     save(fig, "throughput.png", "Throughput vs batch size")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    lines(axes[0], tables["latency_ms_p50"], "p50 latency (ms per batch)")
-    lines(axes[1], tables["latency_ms_p99"], "p99 latency (ms per batch)")
+    lines(axes[0], tables["latency_ms_p50"], "p50 latency (ms per batch, log)")
+    lines(axes[1], tables["latency_ms_p99"], "p99 latency (ms per batch, log)")
+    for ax in axes:
+        ax.set_yscale("log")  # optimizations can differ by orders of magnitude (fp16 on a CPU)
     save(fig, "latency.png", "Latency vs batch size")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -78,6 +78,8 @@ def main() -> None:
         f"{statuses['ok']} ok, {statuses['failed']} failed, {lost} lost, {duplicates} duplicate rows, "
         f"{redelivered} redelivered after a kill, wall {wall:.0f} s"
     )
+    for _, row in frame[frame["status"] == "failed"].iterrows():
+        print(f"  failed {row['cell_id']}: {row['error_type']}: {row['error']}")
 
 
 if __name__ == "__main__":
