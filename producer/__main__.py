@@ -15,7 +15,18 @@ from dataclasses import dataclass
 import redis
 from rich.console import Console
 
-from producer.sweep import DEFAULT_OPTIMIZATIONS
+from producer.sweep import (
+    DEFAULT_OPTIMIZATIONS,
+    SweepRequest,
+    create,
+    gpu_queue_for,
+    parse_batch_sizes,
+    parse_cell_ids,
+    parse_list,
+    plan,
+    rerun,
+    resolve_device,
+)
 from shared import config, manifest
 from shared.cli import SPEC_DEFAULTS, OneLineParser, add_cell_arguments
 from shared.connection import connect
@@ -57,8 +68,6 @@ def online_queues(app) -> set[str] | None:
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
-    from producer.sweep import SweepRequest, create, parse_batch_sizes, parse_list, plan
-
     request = SweepRequest(
         optimizations=(
             parse_list(args.optimizations, "optimizations") if args.optimizations is not None else DEFAULT_OPTIMIZATIONS
@@ -69,15 +78,13 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
         name=args.name,
         cell_options={name: getattr(args, name) for name in CELL_OPTIONS if getattr(args, name) is not None},
     )
-    if args.device != "auto":
-        plan(request, args.device)  # bad input fails here, before any connection or service starts
+    # Bad input fails here, before any connection or service starts (cells validate alike on any device).
+    plan(request, args.device if args.device != "auto" else "cpu")
     with session(args.start_missing, need_workers=True) as s:
-        from producer.sweep import gpu_queue_for, resolve_device
-
         queues = online_queues(s.app)
         gpu_online = None if queues is None else "gpu" in queues
         device = resolve_device(args.device, gpu_online)
-        gpu_queue = gpu_queue_for(args.gpu_model, {q for q in queues or () if q.startswith("gpu.")})
+        gpu_queue = gpu_queue_for(request.gpu_model, {q for q in queues or () if q.startswith("gpu.")})
         sweep = create(s.app, s.client, request, device, s.settings.result_expires, gpu_queue=gpu_queue)
         where = f"{device} (queue {gpu_queue})" if device == "cuda" else device
         console.print(f"sweep [bold]{sweep.id}[/]: {len(sweep.cells)} cells on {where}", highlight=False)
@@ -98,7 +105,6 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace, console: Console) -> int:
-    from producer.sweep import parse_cell_ids, rerun
     from results.collect import sweep_rows
 
     if args.cells is None and not args.failed:

@@ -204,3 +204,12 @@ def test_sweep_with_start_missing_runs_end_to_end_and_leaves_no_process(tmp_path
     frame = pd.read_csv(tmp_path / "results" / "benchmark_results.csv")
     assert list(frame["status"]) == ["ok"]
     assert ours() <= before
+
+
+def test_bad_input_with_start_missing_starts_nothing(tmp_path):
+    env = {k: v for k, v in service_env("").items() if k != "OPTBENCH_REDIS_URL"}
+    done = run_cli(
+        "producer", "sweep", "--start-missing", "--wait", "--optimizations", "nonsense", env=env, cwd=tmp_path
+    )
+    assert done.returncode == 2 and "unknown optimization 'nonsense'" in done.stderr
+    assert not (tmp_path / "run").exists()  # no private Redis, no workers were started
