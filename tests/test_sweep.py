@@ -174,6 +174,9 @@ def test_a_task_sent_by_hand_with_a_bad_spec_fails_without_running(app, workers)
     envelope = result.get(timeout=60)
     assert envelope["result"]["status"] == "failed" and envelope["result"]["error_type"] == "invalid_spec"
     assert "batch_size" in envelope["result"]["error"]
+    kwargs = {"sweep_id": "x", "cell_id": "y", "attempt": "1; DROP", "spec": {"model": "densenet121"}}
+    envelope = app.send_task("optbench.run_cell", kwargs=kwargs, queue="cpu").get(timeout=60)
+    assert envelope["result"]["error_type"] == "invalid_spec" and "attempt" in envelope["result"]["error"]
 
 
 def test_the_manifest_keys_are_named_in_one_place(app, redis_client, workers):

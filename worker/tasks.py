@@ -45,6 +45,8 @@ def run_cell(self, sweep_id: str, cell_id: str, attempt: int, spec: dict[str, An
     """Return {sweep_id, cell_id, attempt, worker, tries, result}; `result` is a CellResult dict."""
     envelope = {"sweep_id": sweep_id, "cell_id": cell_id, "attempt": attempt, "worker": self.request.hostname}
     try:
+        if not (isinstance(sweep_id, str) and isinstance(cell_id, str) and type(attempt) is int and attempt >= 1):
+            raise OptbenchError("sweep_id and cell_id must be strings and attempt a positive integer")
         cell = CellSpec.from_dict(spec)
         if fault is not None and (not settings.allow_faults or fault not in FAULTS):
             raise OptbenchError(f"fault injection {fault!r} is not enabled on this worker")
