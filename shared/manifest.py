@@ -23,7 +23,7 @@ from shared.errors import OptbenchError
 class CellEntry:
     cell_id: str
     spec: dict[str, Any]  # a CellSpec as a dict, device resolved
-    queue: str  # "gpu" or "cpu"
+    queue: str  # "cpu", "gpu", or one GPU model's queue such as "gpu.nvidia-h200"
     task_id: str  # the current attempt's Celery task id
     attempts: int = 1
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 FAULTS = ("exit", "segfault", "hang")  # injected by tests only (OPTBENCH_ALLOW_FAULTS=1)
 STDERR_TAIL_CHARS = 300
+PROGRESS_EVERY_SECONDS = 1.0  # within a phase; a new phase is reported at once
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["worker.cell"])
@@ -147,7 +148,14 @@ def _cell_process(spec: dict[str, Any], sender, stderr_path: str, fault: str | N
 
     _inject(fault)
 
+    last = {"phase": None, "at": 0.0}
+
     def progress(phase: str, **details: Any) -> None:
+        # Called between timed calls: send on a new phase, else at most once per PROGRESS_EVERY_SECONDS.
+        now = time.monotonic()
+        if phase == last["phase"] and now - last["at"] < PROGRESS_EVERY_SECONDS:
+            return
+        last.update(phase=phase, at=now)
         sender.send(("progress", {"phase": phase, **details}))
 
     result = run_cell(CellSpec.from_dict(spec), on_progress=progress)

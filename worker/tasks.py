@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 from celery.exceptions import Reject
@@ -26,8 +25,6 @@ from worker.app import app, settings
 from worker.isolation import FAULTS, run_isolated, start_forkserver, stop_all
 
 log = logging.getLogger(__name__)
-
-PROGRESS_EVERY_SECONDS = 1.0
 
 
 @worker_ready.connect
@@ -82,14 +79,9 @@ def _count_delivery(key: str, field: str) -> int:
 
 
 def _progress_reporter(task, sweep_id: str, cell_id: str):
-    """Report PROGRESS on each new phase and at most once a second within a phase."""
-    last = {"phase": None, "at": 0.0}
+    """Report PROGRESS as the cell process sends it (already throttled there)."""
 
     def report(phase: str, **details: Any) -> None:
-        now = time.monotonic()
-        if phase == last["phase"] and now - last["at"] < PROGRESS_EVERY_SECONDS:
-            return
-        last.update(phase=phase, at=now)
         meta = {"sweep_id": sweep_id, "cell_id": cell_id, "phase": phase, **details}
         task.update_state(state="PROGRESS", meta=meta)  # the result backend: `producer status`, Flower's API
         # The event stream: Flower's task page and /api/task/info show state PROGRESS and this as the result.

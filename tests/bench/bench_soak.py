@@ -23,14 +23,7 @@ from results.collect import FINISHED, collect, sweep_rows
 from shared import manifest
 from shared.connection import connect
 from tests.conftest import TINY_CELL_OPTIONS, start_workers, stop_workers
-
-SETTINGS = {  # quick redelivery, as in tests/test_reliability.py
-    "OPTBENCH_CELL_TIME_LIMIT": "20",
-    "OPTBENCH_VISIBILITY_TIMEOUT": "30",
-    "OPTBENCH_UNACKED_RESTORE_INTERVAL": "1",
-    "OPTBENCH_UNACKED_RESTORE_THROTTLE": "1",
-    "OPTBENCH_UNACKED_MUTEX_EXPIRE": "5",
-}
+from tests.test_reliability import FAST  # quick redelivery, as the reliability tests use
 
 
 def main() -> None:
@@ -45,7 +38,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as scratch, private_redis(Path(scratch) / "redis") as url:
         app, client = Celery(broker=url, backend=url), connect(url)
-        hosts = {h: start_workers(app, url, Path(scratch) / f"{h}.log", "--host", h, **SETTINGS) for h in "ab"}
+        hosts = {h: start_workers(app, url, Path(scratch) / f"{h}.log", "--host", h, **FAST) for h in "ab"}
         started = time.monotonic()
         sweep = create(app, client, request, "cpu", ttl=3600)
         kills, victim, next_kill = 0, "a", started + args.kill_every
@@ -58,9 +51,7 @@ def main() -> None:
                     os.killpg(hosts[victim].pid, signal.SIGKILL)
                     hosts[victim].wait()
                     kills += 1
-                    hosts[victim] = start_workers(
-                        app, url, Path(scratch) / f"{victim}.log", "--host", victim, **SETTINGS
-                    )
+                    hosts[victim] = start_workers(app, url, Path(scratch) / f"{victim}.log", "--host", victim, **FAST)
                     victim = "b" if victim == "a" else "a"
                     next_kill = time.monotonic() + args.kill_every
                 time.sleep(0.5)
