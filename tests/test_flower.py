@@ -68,6 +68,25 @@ def get(url: str, auth: bool = True) -> tuple[int, str]:
     return request(url, auth)
 
 
+def poll_json(url: str, until, timeout: float = 60):
+    """GET `url` until it answers 200 with JSON that satisfies `until`; the last JSON seen.
+
+    Flower learns about a task from its event stream, asynchronously: until then it answers 404
+    (`Unknown task '<id>'`, as text), or a list without the task. Both mean "not yet".
+    """
+    deadline, seen = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        status, body = get(url)
+        if status == 200:
+            seen = json.loads(body)
+            if until(seen):
+                return seen
+        else:
+            assert status == 404, (status, body)
+        time.sleep(0.3)
+    raise AssertionError(f"{url} never answered as expected; last JSON: {seen}")
+
+
 def test_healthcheck_answers_and_the_api_needs_credentials(flower):
     assert get(flower + "/healthcheck", auth=False) == (200, "OK")
     assert get(flower + "/api/workers", auth=False)[0] == 401
@@ -87,10 +106,15 @@ def test_a_sweep_shows_in_flower_and_a_rerun_through_flower_lands_in_its_results
     request_ = SweepRequest(optimizations=("baseline", "prune"), batch_sizes=(1,), cell_options=TINY_CELL_OPTIONS)
     sweep = create(app, redis_client, request_, "cpu", ttl=3600)
     wait_for_sweep(app, redis_client, sweep.id)
-    time.sleep(1.0)  # Flower reads the task events asynchronously
-    tasks = json.loads(get(flower + "/api/tasks?taskname=optbench.run_cell&limit=1000")[1])
-    ours = {t["kwargs"]: t["state"] for t in tasks.values() if sweep.id in (t.get("kwargs") or "")}
-    assert len(ours) == 2 and set(ours.values()) == {"SUCCESS"}
+
+    def ours(tasks: dict) -> dict[str, str]:
+        return {t["kwargs"]: t["state"] for t in tasks.values() if sweep.id in (t.get("kwargs") or "")}
+
+    tasks = poll_json(
+        flower + "/api/tasks?taskname=optbench.run_cell&limit=1000",
+        until=lambda tasks: len(ours(tasks)) == 2 and set(ours(tasks).values()) == {"SUCCESS"},
+    )
+    ours = ours(tasks)
     assert all("'cell_id': 'baseline@bs1'" in k or "'cell_id': 'prune@bs1'" in k for k in ours)
 
     cell = sweep.cells["prune@bs1"]
@@ -107,17 +131,16 @@ def test_a_sweep_shows_in_flower_and_a_rerun_through_flower_lands_in_its_results
 
 
 def test_a_running_cell_reports_its_phase_to_flower(flower, app, redis_client):
-    slow = {**TINY_CELL_OPTIONS, "min_seconds": 4.0}
+    slow = {**TINY_CELL_OPTIONS, "min_seconds": 6.0}
     sweep = create(app, redis_client, SweepRequest(("baseline",), (1,), cell_options=slow), "cpu", ttl=3600)
     task_id = sweep.cells["baseline@bs1"].task_id
-    deadline, info, result = time.monotonic() + 60, {}, {}
-    while time.monotonic() < deadline:
-        info = json.loads(get(f"{flower}/api/task/info/{task_id}")[1] or "{}")
-        result = json.loads(get(f"{flower}/api/task/result/{task_id}")[1] or "{}")
-        if info.get("state") == "PROGRESS" and '"phase": "measuring"' in (info.get("result") or ""):
-            break
-        time.sleep(0.3)
-    assert info.get("state") == "PROGRESS" and result.get("state") == "PROGRESS", (info, result)
+    info = poll_json(
+        f"{flower}/api/task/info/{task_id}",
+        until=lambda info: info.get("state") == "PROGRESS" and '"phase": "measuring"' in (info.get("result") or ""),
+    )
+    # The result backend is written before the event is sent, so it already says PROGRESS.
+    status, body = get(f"{flower}/api/task/result/{task_id}")
+    assert status == 200 and json.loads(body).get("state") == "PROGRESS", body
     progress = json.loads(info["result"])
     assert progress["phase"] == "measuring" and progress["cell_id"] == "baseline@bs1"
     assert progress["iterations"] >= 1 and progress["elapsed"] >= 0
