@@ -10,14 +10,16 @@ BATCH_SIZES   ?=
 DEVICE        ?=
 IMAGE_SIZE    ?=
 NAME          ?=
+REPEATS       ?=
 SWEEP         ?= latest
 CELLS         ?=
 
 SWEEP_ARGS = $(if $(MODEL),--model $(MODEL)) $(if $(OPTIMIZATIONS),--optimizations $(OPTIMIZATIONS)) \
              $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES)) $(if $(DEVICE),--device $(DEVICE)) \
-             $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(NAME),--name $(NAME))
+             $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(NAME),--name $(NAME)) \
+             $(if $(REPEATS),--repeats $(REPEATS))
 
-.PHONY: setup sweep worker flower status collect report rerun cell test bench lint clean
+.PHONY: setup sweep resume worker flower status collect report rerun cell compare test bench lint clean
 
 # The venv is rebuilt only when pyproject.toml changes (idempotent). redis-server is a system package.
 setup: $(VENV)/.installed
@@ -29,13 +31,17 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[worker,dev]'
 	touch $@
 
 # The main job: uses OPTBENCH_REDIS_URL (or a Redis on localhost:6379) if reachable, else a private
 # Redis under run/; starts local workers if none is online; waits; collects; stops what it started.
 sweep: setup
 	$(PY) -m producer sweep --start-missing --wait $(SWEEP_ARGS)
+
+# Finish an interrupted sweep (Ctrl-C, SIGTERM): start what is missing, send its unfinished runs again, wait, collect
+resume: setup
+	$(PY) -m producer resume --start-missing --sweep $(SWEEP)
 
 # One Celery worker per GPU of this host (plus a CPU worker); point them at the shared Redis.
 worker: setup
@@ -55,9 +61,13 @@ collect: setup
 report: setup
 	$(PY) -m results report --start-missing --sweep $(SWEEP)
 
-# make rerun CELLS=fp16@bs16,prune@bs1   or   make rerun   (all failed cells)
+# make rerun CELLS=fp16@bs16,prune@bs1#2 (a cell: all its runs; #N: one run)   or   make rerun   (all failed runs)
 rerun: setup
 	$(PY) -m producer rerun --start-missing --wait --sweep $(SWEEP) $(if $(CELLS),--cells $(CELLS),--failed)
+
+# make compare A=<sweep id or runs CSV> B=<...> [FAIL_ON_REGRESSION=5]: B's cells against A's, exit 1 on a regression
+compare: setup
+	$(PY) -m results compare $(A) $(B) $(if $(FAIL_ON_REGRESSION),--fail-on-regression $(FAIL_ON_REGRESSION))
 
 # One cell without any queue, e.g. make cell ARGS="--optimization fp16 --batch-size 4"
 cell: setup
@@ -71,6 +81,7 @@ bench: setup
 	$(PY) tests/bench/bench_cell_timer.py
 	$(PY) tests/bench/bench_orchestration.py
 	$(PY) -m tests.bench.bench_soak
+	$(PY) -m tests.bench.bench_client
 
 lint: setup
 	$(PY) -m ruff check .

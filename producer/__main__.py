@@ -1,22 +1,21 @@
-"""`python -m producer sweep|status|rerun`: start a sweep, look at it, re-run some of its cells.
+"""`python -m producer sweep|status|rerun|resume|flower`: start a sweep, look at it, re-run or resume its runs.
 
-Bad input is one line on stderr and exit status 2, with nothing enqueued.
+Bad input is one line on stderr and exit status 2, with nothing enqueued. Needs no torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 
-import redis
 from rich.console import Console
 
+from producer.progress import Stalled, describe_unserved, status_table, unserved_queues, wait
 from producer.sweep import (
     DEFAULT_OPTIMIZATIONS,
+    DEFAULT_REPEATS,
     SweepRequest,
     create,
     gpu_queue_for,
@@ -26,37 +25,28 @@ from producer.sweep import (
     plan,
     rerun,
     resolve_device,
+    runs_named,
 )
-from shared import config, manifest
-from shared.cli import SPEC_DEFAULTS, OneLineParser, add_cell_arguments
-from shared.connection import connect
+from shared import manifest
+from shared.cli import SPEC_DEFAULTS, OneLineParser, add_cell_arguments, one_line_errors
 from shared.errors import OptbenchError
+from shared.services import Session, session
+from shared.state import FINISHED, sweep_rows
 
 PROG = "python -m producer"
 CELL_OPTIONS = [name for name in SPEC_DEFAULTS if name not in ("optimization", "batch_size", "device")]
 
 
-@dataclass
-class Session:
-    app: object
-    client: redis.Redis
-    settings: config.Settings
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM: unwinds like KeyboardInterrupt, so what this command started is stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-@contextlib.contextmanager
-def session(start_missing: bool, need_workers: bool) -> Iterator[Session]:
-    """Connect to Redis (and with --start-missing, start Redis and workers that aren't running)."""
-    from producer import services
-    from worker.app import app, use_redis
-
-    settings = config.load()
-    with contextlib.ExitStack() as stack:
-        url = stack.enter_context(services.redis_for_sweep()) if start_missing else settings.redis_url
-        client = stack.enter_context(contextlib.closing(connect(url)))
-        use_redis(url)
-        if start_missing and need_workers:
-            stack.enter_context(services.local_workers(app, url, services.RUN_DIR / "worker.log"))
-        yield Session(app, client, settings)
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
 
 
 def online_queues(app) -> set[str] | None:
@@ -67,7 +57,13 @@ def online_queues(app) -> set[str] | None:
     return {queue["name"] for queues in replies.values() for queue in queues}
 
 
-def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
+def active_task_ids(app) -> set[str]:
+    """Ids of the tasks that online workers are running now."""
+    replies = app.control.inspect(timeout=1.0).active() or {}
+    return {task["id"] for tasks in replies.values() for task in tasks}
+
+
+def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
     request = SweepRequest(
         optimizations=(
             parse_list(args.optimizations, "optimizations") if args.optimizations is not None else DEFAULT_OPTIMIZATIONS
@@ -77,55 +73,101 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
         gpu_model=args.gpu_model,
         name=args.name,
         cell_options={name: getattr(args, name) for name in CELL_OPTIONS if getattr(args, name) is not None},
+        repeats=args.repeats,
+        order_seed=args.order_seed,
     )
     # Bad input fails here, before any connection or service starts (cells validate alike on any device).
     plan(request, args.device if args.device != "auto" else "cpu")
     with session(args.start_missing, need_workers=True) as s:
+        state["session"] = s
         queues = online_queues(s.app)
-        gpu_online = None if queues is None else "gpu" in queues
-        device = resolve_device(args.device, gpu_online)
-        gpu_queue = gpu_queue_for(request.gpu_model, {q for q in queues or () if q.startswith("gpu.")})
-        sweep = create(s.app, s.client, request, device, s.settings.result_expires, gpu_queue=gpu_queue)
+        device = resolve_device(args.device, None if queues is None else "gpu" in queues)
+        gpu_queue = None
+        if device == "cuda":  # a CPU sweep never needs a GPU model
+            gpu_queue = gpu_queue_for(request.gpu_model, {q for q in queues or () if q.startswith("gpu.")})
+        sweep = create(s.app, s.client, request, device, s.settings.result_expires, gpu_queue=gpu_queue or "gpu")
+        state["sweep_id"] = sweep.id
         where = f"{device} (queue {gpu_queue})" if device == "cuda" else device
-        console.print(f"sweep [bold]{sweep.id}[/]: {len(sweep.cells)} cells on {where}", highlight=False)
+        cells = len(sweep.cell_ids())
+        console.print(
+            f"sweep [bold]{sweep.id}[/]: {cells} cells x {request.repeats} runs = {len(sweep.runs)} runs on {where}, "
+            f"interleaved round by round (order seed {sweep.spec['order_seed']})",
+            highlight=False,
+        )
+        _warn_unserved(s, sweep, console, queues)
         print(sweep.id)
         if args.wait:
-            finish(s, sweep.id, console)
+            finish(s, sweep.id, console, args.stall_timeout)
     return 0
 
 
-def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    from producer.progress import status_table
-    from results.collect import sweep_rows
-
+def cmd_status(args: argparse.Namespace, console: Console, state: dict) -> int:
     with session(args.start_missing, need_workers=False) as s:
         sweep = manifest.load(s.client, args.sweep)
-        console.print(status_table(sweep, sweep_rows(s.app.backend, sweep)))
+        rows = sweep_rows(s.app.backend, sweep)
+        console.print(status_table(sweep, rows))
+        if any(row["status"] == "queued" for row in rows):
+            _warn_unserved(s, sweep, console, online_queues(s.app), rows)
     return 0
 
 
-def cmd_rerun(args: argparse.Namespace, console: Console) -> int:
-    from results.collect import sweep_rows
-
+def cmd_rerun(args: argparse.Namespace, console: Console, state: dict) -> int:
     if args.cells is None and not args.failed:
-        raise OptbenchError("say which cells to re-run: --cells fp16@bs16,... or --failed")
-    cells = list(parse_cell_ids(args.cells)) if args.cells is not None else []
+        raise OptbenchError("say which cells or runs to re-run: --cells fp16@bs16,prune@bs1#2,... or --failed")
+    names = list(parse_cell_ids(args.cells)) if args.cells is not None else []
     with session(args.start_missing, need_workers=args.wait) as s:
+        state["session"] = s
         sweep = manifest.load(s.client, args.sweep)
+        state["sweep_id"] = sweep.id
+        run_ids = runs_named(sweep, names)
         if args.failed:
-            cells += [row["cell_id"] for row in sweep_rows(s.app.backend, sweep) if row["status"] == "failed"]
-        if not cells:
-            console.print(f"sweep {sweep.id} has no failed cells: nothing to re-run")
+            run_ids += [row["run_id"] for row in sweep_rows(s.app.backend, sweep) if row["status"] == "failed"]
+        if not run_ids:
+            console.print(f"sweep {sweep.id} has no failed runs: nothing to re-run")
             return 0
-        entries = rerun(s.app, s.client, sweep, cells, s.settings.result_expires)
-        for entry in entries:
-            console.print(f"re-enqueued {entry.cell_id} (attempt {entry.attempts})", highlight=False)
+        _requeue(s, sweep, list(dict.fromkeys(run_ids)), console)
         if args.wait:
-            finish(s, sweep.id, console)
+            finish(s, sweep.id, console, args.stall_timeout)
     return 0
 
 
-def cmd_flower(args: argparse.Namespace, console: Console) -> int:
+def cmd_resume(args: argparse.Namespace, console: Console, state: dict) -> int:
+    """Finish an interrupted sweep: start what is missing, send again its unfinished runs that no online
+    worker is running, wait, collect, report."""
+    with session(args.start_missing, need_workers=True) as s:
+        state["session"] = s
+        sweep = manifest.load(s.client, args.sweep)
+        state["sweep_id"] = sweep.id
+        rows = sweep_rows(s.app.backend, sweep)
+        active = active_task_ids(s.app)
+        unfinished = [
+            row["run_id"]
+            for row in rows
+            if row["status"] not in FINISHED and sweep.runs[row["run_id"]].task_id not in active
+        ]
+        if unfinished:
+            # A new attempt of each: a copy still in a queue is then stale and acknowledged without running.
+            _requeue(s, sweep, unfinished, console)
+        else:
+            console.print(f"sweep {sweep.id} has no unfinished runs: collecting it")
+        finish(s, sweep.id, console, args.stall_timeout)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, console: Console, state: dict) -> int:
+    """The names a sweep accepts, from the catalogue (no torch needed)."""
+    from shared.catalogue import MODELS, OPTIMIZATIONS
+
+    print("optimizations (join with +, e.g. fp16+channels_last):")
+    for opt in OPTIMIZATIONS.values():
+        where = "" if set(opt.devices) == {"cpu", "cuda"} else f" [{', '.join(opt.devices)} only]"
+        print(f"  {opt.name:18} {opt.summary}{where}")
+    print("models (torchvision classification models):")
+    print("  " + ", ".join(MODELS))
+    return 0
+
+
+def cmd_flower(args: argparse.Namespace, console: Console, state: dict) -> int:
     from producer import flower
 
     flower.basic_auth()  # bad credentials settings fail before anything starts
@@ -135,29 +177,43 @@ def cmd_flower(args: argparse.Namespace, console: Console) -> int:
         return flower.run(url, args.address, args.port)
 
 
-def finish(s: Session, sweep_id: str, console: Console) -> None:
-    """Wait for every cell, then write the CSV and the report, and show the table."""
-    from producer.progress import status_table, wait
+def _requeue(s: Session, sweep: manifest.Sweep, run_ids: list[str], console: Console) -> None:
+    for entry in rerun(s.app, s.client, sweep, run_ids, s.settings.result_expires):
+        console.print(f"re-enqueued {entry.run_id} (attempt {entry.attempts})", highlight=False)
+
+
+def _warn_unserved(s: Session, sweep, console: Console, queues: set[str] | None, rows=None) -> None:
+    unserved = unserved_queues(sweep, rows if rows is not None else sweep_rows(s.app.backend, sweep), queues)
+    if unserved:
+        console.print(f"[yellow]warning:[/] {describe_unserved(unserved)}", highlight=False)
+
+
+def finish(s: Session, sweep_id: str, console: Console, stall_timeout: float | None) -> None:
+    """Wait for every run, then write the CSVs and the report, and show the table."""
     from results.collect import collect
     from results.report import write_report
 
-    rows = wait(s.app.backend, s.client, sweep_id, console)
+    stall = stall_timeout if stall_timeout is not None else s.settings.stall_timeout
+    rows = wait(s.app.backend, s.client, sweep_id, console, lambda: online_queues(s.app), stall)
     sweep = manifest.load(s.client, sweep_id)
-    _, paths = collect(s.app.backend, sweep, s.settings.results_dir, manifest.latest_id(s.client) == sweep_id)
-    report = write_report(paths[0], paths[0].with_suffix(""))
+    paths = collect(s.app.backend, sweep, s.settings.results_dir, manifest.latest_id(s.client) == sweep_id)
+    report = write_report(paths.cells, paths.runs, paths.cells.with_suffix(""))
     console.print(status_table(sweep, rows))
-    console.print("wrote " + ", ".join(str(p) for p in [*paths, report]) + " and its plots", highlight=False)
+    written = [paths.cells, paths.runs, *paths.extra, report]
+    console.print("wrote " + ", ".join(str(p) for p in written) + " and its plots", highlight=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    sweep = commands.add_parser("sweep", help="enqueue one task per (optimization, batch size) cell")
-    sweep.add_argument(
-        "--optimizations", help="comma-separated (default: baseline,fp16,prune,dynamic_quant,torchscript)"
-    )
+    sweep = commands.add_parser("sweep", help="enqueue `repeats` runs of every (optimization, batch size) cell")
+    sweep.add_argument("--optimizations", help=f"comma-separated (default: {','.join(DEFAULT_OPTIMIZATIONS)})")
     sweep.add_argument("--batch-sizes", help="comma-separated (default: 1,2,4,8,16 on a GPU, 1,2,4 on a CPU)")
+    sweep.add_argument(
+        "--repeats", type=int, default=DEFAULT_REPEATS, help="runs per cell, each in a fresh process (default 3)"
+    )
+    sweep.add_argument("--order-seed", type=int, help="seed of the per-round shuffle (default: random, recorded)")
     sweep.add_argument("--name", help="a label kept with the sweep")
     sweep.add_argument(
         "--gpu-model",
@@ -165,18 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_cell_arguments(sweep)
 
-    status = commands.add_parser("status", help="a table of a sweep's cells")
-    rerun = commands.add_parser("rerun", help="re-enqueue some cells of a sweep as a new attempt")
-    rerun.add_argument("--cells", help="comma-separated cell ids such as fp16@bs16")
-    rerun.add_argument("--failed", action="store_true", help="every cell whose status is failed")
-    for command in (status, rerun):
+    status = commands.add_parser("status", help="a table of a sweep's runs")
+    rerun_ = commands.add_parser("rerun", help="re-enqueue some runs of a sweep as a new attempt")
+    rerun_.add_argument("--cells", help="comma-separated cell ids (all their runs) or run ids: fp16@bs16,prune@bs1#2")
+    rerun_.add_argument("--failed", action="store_true", help="every run whose status is failed")
+    resume = commands.add_parser("resume", help="finish an interrupted sweep: send its unfinished runs again and wait")
+    for command in (status, rerun_, resume):
         command.add_argument("--sweep", default="latest", help="sweep id, or latest (default)")
-    for command in (sweep, rerun):
-        command.add_argument("--wait", action="store_true", help="show progress until done, then write the CSV")
+    for command in (sweep, rerun_):
+        command.add_argument("--wait", action="store_true", help="show progress until done, then write the CSVs")
+    for command in (sweep, rerun_, resume):
+        command.add_argument(
+            "--stall-timeout",
+            type=float,
+            help="with --wait: give up (exit 3) after this many seconds without progress (OPTBENCH_STALL_TIMEOUT)",
+        )
+    commands.add_parser("list", help="the optimizations and models a sweep accepts")
     flower = commands.add_parser("flower", help="Flower on this Redis, basic auth from OPTBENCH_FLOWER_USER/_PASSWORD")
     flower.add_argument("--address", default="127.0.0.1", help="listen address (default loopback)")
     flower.add_argument("--port", type=int, default=5555)
-    for command in (sweep, status, rerun, flower):
+    for command in (sweep, status, rerun_, resume, flower):
         command.add_argument(
             "--start-missing",
             action="store_true",
@@ -185,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS = {
+    "sweep": cmd_sweep,
+    "status": cmd_status,
+    "rerun": cmd_rerun,
+    "resume": cmd_resume,
+    "list": cmd_list,
+    "flower": cmd_flower,
+}
+
+
+@one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -192,17 +267,39 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=args.command != "status")  # stdout of `sweep` is the sweep id alone
     if not console.is_terminal:
         console.width = 160
+    if getattr(args, "start_missing", False) and args.command in ("sweep", "rerun") and not args.wait:
+        raise OptbenchError("--start-missing stops what it started when done: use it with --wait")
+    state: dict = {}
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops what we started, as Ctrl-C does
     try:
-        if args.start_missing and args.command in ("sweep", "rerun") and not args.wait:
-            raise OptbenchError("--start-missing stops what it started when done: use it with --wait")
-        commands = {"sweep": cmd_sweep, "status": cmd_status, "rerun": cmd_rerun, "flower": cmd_flower}
-        return commands[args.command](args, console)
-    except OptbenchError as exc:
+        return COMMANDS[args.command](args, console, state)
+    except Stalled as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; enqueued cells go on (`python -m producer status`)", file=sys.stderr)
-        return 130
+        return 3
+    except (KeyboardInterrupt, Interrupted) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"{PROG}: {interrupted_message(state)}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_message(state: dict) -> str:
+    """What an interruption leaves behind, and what to type next."""
+    sweep_id = state.get("sweep_id")
+    s: Session | None = state.get("session")
+    if sweep_id is None:
+        return "interrupted before anything was enqueued"
+    if s is not None and s.started:
+        stopped = " and ".join({"redis": "the private Redis", "workers": "the local workers"}[x] for x in s.started)
+        return (
+            f"interrupted: stopped {stopped} this command started, so sweep {sweep_id} is paused "
+            f"(its runs are kept); resume it with `make resume SWEEP={sweep_id}`"
+        )
+    return (
+        f"interrupted: sweep {sweep_id}'s enqueued runs go on on the workers; "
+        f"`python -m producer status --sweep {sweep_id}` shows them, `make resume SWEEP={sweep_id}` waits and collects"
+    )
 
 
 if __name__ == "__main__":

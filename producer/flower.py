@@ -12,9 +12,9 @@ import signal
 import subprocess
 import sys
 
-from producer.services import stop_process
 from shared.connection import LOOPBACK
 from shared.errors import OptbenchError
+from shared.services import stop_process
 
 
 def basic_auth() -> str | None:
@@ -27,7 +27,16 @@ def basic_auth() -> str | None:
 
 
 def flower_command(address: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker.app", "flower", f"--address={address}", f"--port={port}"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "shared.celery_app",
+        "flower",
+        f"--address={address}",
+        f"--port={port}",
+    ]
 
 
 def run(redis_url: str, address: str, port: int) -> int:

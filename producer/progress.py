@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -11,11 +12,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from results.collect import FINISHED, sweep_rows
 from shared import manifest
+from shared.errors import OptbenchError
 from shared.manifest import Sweep
+from shared.state import FINISHED, sweep_rows
 
 POLL_SECONDS = 1.0
+QUEUE_CHECK_SECONDS = 10.0
+
+
+class Stalled(OptbenchError):
+    """`--wait` saw no progress for the stall timeout: the sweep stays enqueued (exit status 3)."""
 
 
 def _number(value: Any, digits: int = 1) -> str:
@@ -25,12 +32,17 @@ def _number(value: Any, digits: int = 1) -> str:
 def status_table(sweep: Sweep, rows: list[dict[str, Any]]) -> Table:
     counts = Counter(row["status"] for row in rows)
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    table = Table(title=f"sweep {sweep.id}{f' ({sweep.name})' if sweep.name else ''}: {summary}")
-    for column in ("cell", "status", "device", "worker", "attempts", "p50 ms", "p99 ms", "samples/s", "note"):
-        table.add_column(column, justify="right" if column in ("attempts", "p50 ms", "p99 ms", "samples/s") else "left")
+    repeats = sweep.spec.get("repeats", 1)
+    title = (
+        f"sweep {sweep.id}{f' ({sweep.name})' if sweep.name else ''}: {len(rows)} runs ({repeats} per cell): {summary}"
+    )
+    table = Table(title=title)
+    numeric = ("attempts", "p50 ms", "p99 ms", "samples/s")
+    for column in ("run", "status", "device", "worker", "attempts", "p50 ms", "p99 ms", "samples/s", "note"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for row in rows:
         table.add_row(
-            row["cell_id"],
+            row["run_id"],
             row["status"],
             row.get("device") or row.get("requested_device") or "",
             row.get("worker") or "",
@@ -46,15 +58,40 @@ def status_table(sweep: Sweep, rows: list[dict[str, Any]]) -> Table:
 def completion_line(row: dict[str, Any]) -> str:
     if row["status"] == "ok":
         return (
-            f"[green]ok[/]      {row['cell_id']:<28} p50 {row['latency_ms_p50']:.2f} ms, "
+            f"[green]ok[/]      {row['run_id']:<30} p50 {row['latency_ms_p50']:.2f} ms, "
             f"{row['throughput_sps']:,.1f} samples/s on {row['device_name']}"
         )
     colour = "red" if row["status"] == "failed" else "yellow"
-    return f"[{colour}]{row['status']:<8}[/]{row['cell_id']:<28} {row.get('error_type')}: {row.get('error')}"
+    return f"[{colour}]{row['status']:<8}[/]{row['run_id']:<30} {row.get('error_type')}: {row.get('error')}"
 
 
-def wait(backend, client: redis.Redis, sweep_id: str, console: Console) -> list[dict[str, Any]]:
-    """Show progress until every cell of the sweep has finished; returns the final rows."""
+def unserved_queues(sweep: Sweep, rows: list[dict[str, Any]], online: set[str] | None) -> dict[str, int]:
+    """Queues that unfinished runs wait in but no online worker consumes, with how many runs wait there."""
+    waiting = Counter(
+        sweep.runs[row["run_id"]].queue for row in rows if row["status"] == "queued" and row["run_id"] in sweep.runs
+    )
+    return {queue: n for queue, n in waiting.items() if online is None or queue not in online}
+
+
+def describe_unserved(unserved: dict[str, int]) -> str:
+    return ", ".join(
+        f"{n} runs wait in queue {queue!r}, which no online worker consumes" for queue, n in unserved.items()
+    )
+
+
+def wait(
+    backend,
+    client: redis.Redis,
+    sweep_id: str,
+    console: Console,
+    online_queues: Callable[[], set[str] | None],
+    stall_seconds: float,
+) -> list[dict[str, Any]]:
+    """Show progress until every run of the sweep has finished; the final rows.
+
+    Raises Stalled when nothing changed (no run started, advanced a phase or finished) for
+    `stall_seconds`, saying which queues no online worker consumes.
+    """
     announced: dict[str, int] = {}
     columns = (
         TextColumn("{task.description}"),
@@ -64,22 +101,40 @@ def wait(backend, client: redis.Redis, sweep_id: str, console: Console) -> list[
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
+    last_state, last_change = None, time.monotonic()
+    unserved: dict[str, int] = {}
+    next_queue_check = 0.0
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("starting", total=None)
         while True:
-            sweep = manifest.load(client, sweep_id)  # a rerun may have changed a cell's task meanwhile
+            sweep = manifest.load(client, sweep_id)  # a rerun may have changed a run's task meanwhile
             rows = sweep_rows(backend, sweep)
             for row in rows:
-                if row["status"] in FINISHED and announced.get(row["cell_id"]) != row["attempts"]:
-                    announced[row["cell_id"]] = row["attempts"]
+                if row["status"] in FINISHED and announced.get(row["run_id"]) != row["attempts"]:
+                    announced[row["run_id"]] = row["attempts"]
                     progress.console.print(completion_line(row))
             counts = Counter(row["status"] for row in rows)
             finished = sum(counts[state] for state in FINISHED)
+            if finished == len(rows):
+                progress.update(bar, total=len(rows), completed=finished)
+                return rows
+            now = time.monotonic()
+            if now >= next_queue_check:
+                unserved, next_queue_check = unserved_queues(sweep, rows, online_queues()), now + QUEUE_CHECK_SECONDS
+            state = [(row["run_id"], row["attempts"], row["status"], row.get("phase")) for row in rows]
+            if state != last_state:
+                last_state, last_change = state, now
+            elif now - last_change > stall_seconds:
+                why = describe_unserved(unserved) or "no run started, advanced or finished"
+                raise Stalled(
+                    f"sweep {sweep_id} made no progress for {stall_seconds:g} s ({why}); "
+                    f"its runs stay enqueued: `python -m producer status --sweep {sweep_id}`"
+                )
             description = (
                 f"{counts['ok']} ok, {counts['failed']} failed, {counts['unsupported']} unsupported, "
                 f"{counts['running']} running, {counts['queued']} queued"
             )
+            if unserved:
+                description += f" [yellow]({describe_unserved(unserved)})[/]"
             progress.update(bar, total=len(rows), completed=finished, description=description)
-            if finished == len(rows):
-                return rows
             time.sleep(POLL_SECONDS)

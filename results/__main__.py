@@ -1,44 +1,57 @@
-"""`python -m results collect|report --sweep ID|latest`: a sweep's CSV from the Redis result backend, and its report."""
+"""`python -m results collect|report|compare`: a sweep's CSVs from the Redis result backend, its report, and
+the comparison of two sweeps. Needs no torch.
+"""
 
 from __future__ import annotations
 
 import sys
 
 from shared import manifest
-from shared.cli import OneLineParser
-from shared.errors import OptbenchError
+from shared.cli import OneLineParser, one_line_errors
+from shared.services import session
 
 PROG = "python -m results"
 
 
+@one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog=PROG, description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:  # parses its own arguments
+        from results.compare import main as compare_main
+
+        return compare_main(argv[1:])
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    collect_cmd = commands.add_parser("collect", help="write results/<sweep id>.csv (and benchmark_results.csv)")
+    collect_cmd = commands.add_parser(
+        "collect", help="write results/<sweep id>.csv, <sweep id>_runs.csv (and benchmark_results.csv)"
+    )
     report_cmd = commands.add_parser("report", help="collect, then write results/<sweep id>/report.md and plots")
+    commands.add_parser("compare", help="sweep B against sweep A, cell by cell: compare A B (see compare --help)")
     for command in (collect_cmd, report_cmd):
         command.add_argument("--sweep", default="latest", help="sweep id, or latest (default)")
+        command.add_argument(
+            "--min-effect", type=float, default=0.03, help="smallest ratio change a verdict calls (0.03)"
+        )
         command.add_argument("--start-missing", action="store_true", help="start the private Redis if needed")
     args = parser.parse_args(argv)
 
-    from producer.__main__ import session
     from results.collect import collect
 
-    try:
-        with session(args.start_missing, need_workers=False) as s:
-            sweep = manifest.load(s.client, args.sweep)
-            is_latest = manifest.latest_id(s.client) == sweep.id
-            frame, paths = collect(s.app.backend, sweep, s.settings.results_dir, is_latest)
-    except OptbenchError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    with session(args.start_missing, need_workers=False) as s:
+        sweep = manifest.load(s.client, args.sweep)
+        is_latest = manifest.latest_id(s.client) == sweep.id
+        written = collect(s.app.backend, sweep, s.settings.results_dir, is_latest, args.min_effect)
+    frame = written.frame
     counts = frame["status"].value_counts().to_dict()
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    print(f"sweep {sweep.id}: {len(frame)} cells ({summary}); wrote {', '.join(map(str, paths))}")
+    paths = [written.cells, written.runs, *written.extra]
+    runs = int(frame["repeats"].sum())
+    print(f"sweep {sweep.id}: {len(frame)} cells ({summary}), {runs} runs; wrote {', '.join(map(str, paths))}")
     if args.command == "report":
         from results.report import write_report
 
-        print(f"wrote {write_report(paths[0], paths[0].with_suffix(''))} and its plots")
+        report = write_report(written.cells, written.runs, written.cells.with_suffix(""), min_effect=args.min_effect)
+        print(f"wrote {report} and its plots")
     return 0
 
 

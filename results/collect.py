@@ -1,73 +1,48 @@
-"""Read a sweep's cells from the manifest and the Celery result backend; write its CSV atomically.
+"""A sweep's CSVs from the manifest and the Redis result backend, written atomically.
 
-One row per cell, columns `sweep_id, cell_id, status, attempts, tries, worker`, then the result
-schema. `attempts` counts enqueues of the cell (1 + re-runs); `tries` counts deliveries of its
-current attempt to a worker (more than 1 after a crash or a lost worker).
-A cell's `status` is the result's (`ok`, `failed`, `unsupported`) once its current attempt is
-stored, else `queued` or `running` (the manifest says it was sent; Celery's PENDING can't).
-Only the manifest's current task id of a cell is read, so an older attempt never shows.
+- `results/<sweep>_runs.csv`: one row per run (`shared.state.RUN_COLUMNS`: `run_id`, `repeat`, the result schema).
+- `results/<sweep>.csv`: one row per cell, aggregated over its ok runs with intervals and a verdict
+  against the baseline (`results.stats.aggregate`); also `results/benchmark_results.csv` when the
+  sweep is the newest.
+Unfinished runs are rows too (`queued`, `running`), so a CSV of a sweep in progress says so.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from shared.manifest import CellEntry, Sweep
-from shared.result import FIELD_NAMES
+from results.stats import aggregate
+from shared.manifest import Sweep
+from shared.state import RUN_COLUMNS, sweep_rows
 
-LEAD_COLUMNS = ("sweep_id", "cell_id", "status", "attempts", "tries", "worker")
-COLUMNS = LEAD_COLUMNS + tuple(name for name in FIELD_NAMES if name not in LEAD_COLUMNS)
-FINISHED = ("ok", "failed", "unsupported")
 LATEST_CSV = "benchmark_results.csv"
 
 
-def cell_row(sweep: Sweep, entry: CellEntry, meta: dict[str, Any]) -> dict[str, Any]:
-    """The CSV row of one cell from its task's meta (`backend.get_task_meta(task_id)`)."""
-    spec = entry.spec
-    row: dict[str, Any] = {
-        "sweep_id": sweep.id,
-        "cell_id": entry.cell_id,
-        "attempts": entry.attempts,
-        "model": spec["model"],
-        "optimization": spec["optimization"],
-        "batch_size": spec["batch_size"],
-        "image_size": spec["image_size"],
-        "requested_device": spec["device"],
-    }
-    state = meta.get("status")
-    if state == "SUCCESS":
-        envelope = meta["result"]
-        row.update(envelope["result"])
-        row.update(worker=envelope["worker"], tries=envelope.get("tries"))
-    elif state == "FAILURE":
-        row.update(status="failed", error_type="task_error", error=str(meta.get("result"))[:500])
-        row["worker"] = meta.get("worker")
-    elif state in ("STARTED", "PROGRESS"):
-        info = meta.get("result") or {}
-        row.update(status="running", worker=meta.get("worker") or info.get("hostname"), phase=info.get("phase"))
-    else:
-        row["status"] = "queued"
-    return row
+@dataclass(frozen=True)
+class Written:
+    cells: Path  # results/<sweep>.csv
+    runs: Path  # results/<sweep>_runs.csv
+    extra: list[Path] = field(default_factory=list)  # benchmark_results.csv when the sweep is the newest
+    frame: pd.DataFrame | None = None  # the cell rows
 
 
-def sweep_rows(backend, sweep: Sweep) -> list[dict[str, Any]]:
-    return [cell_row(sweep, entry, backend.get_task_meta(entry.task_id)) for entry in ordered_cells(sweep)]
+def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run, grouped by cell in sweep order, in the run columns' order."""
+    return pd.DataFrame(
+        [{column: row.get(column) for column in RUN_COLUMNS} for row in rows], columns=list(RUN_COLUMNS)
+    )
 
 
-def ordered_cells(sweep: Sweep) -> list[CellEntry]:
-    order = sweep.spec.get("cells", [])
-    return sorted(sweep.cells.values(), key=lambda c: order.index(c.cell_id) if c.cell_id in order else len(order))
-
-
-def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per cell in sweep order, grouped by device name when several GPUs took part."""
-    frame = pd.DataFrame([{column: row.get(column) for column in COLUMNS} for row in rows], columns=list(COLUMNS))
-    return frame.sort_values("device_name", kind="stable", na_position="last").reset_index(drop=True)
+def cells_frame(runs: pd.DataFrame, min_effect: float = 0.03) -> pd.DataFrame:
+    """One row per cell; grouped by device name when several GPU models took part (`--gpu-model any`)."""
+    cells = aggregate(runs, min_effect=min_effect)
+    return cells.sort_values("device_name", kind="stable", na_position="last").reset_index(drop=True)
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -83,10 +58,17 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         raise
 
 
-def collect(backend, sweep: Sweep, results_dir: Path, is_latest: bool) -> tuple[pd.DataFrame, list[Path]]:
-    """Write `<results_dir>/<sweep id>.csv`, and `benchmark_results.csv` when it is the latest sweep."""
-    frame = to_frame(sweep_rows(backend, sweep))
-    paths = [results_dir / f"{sweep.id}.csv"] + ([results_dir / LATEST_CSV] if is_latest else [])
-    for path in paths:
-        write_csv(frame, path)
-    return frame, paths
+def collect(backend, sweep: Sweep, results_dir: Path, is_latest: bool, min_effect: float = 0.03) -> Written:
+    """Write the sweep's runs CSV and cells CSV (and benchmark_results.csv when it is the latest sweep)."""
+    runs = runs_frame(sweep_rows(backend, sweep))
+    cells = cells_frame(runs, min_effect)
+    written = Written(
+        cells=results_dir / f"{sweep.id}.csv",
+        runs=results_dir / f"{sweep.id}_runs.csv",
+        extra=[results_dir / LATEST_CSV] if is_latest else [],
+        frame=cells,
+    )
+    write_csv(runs, written.runs)
+    for path in (written.cells, *written.extra):
+        write_csv(cells, path)
+    return written

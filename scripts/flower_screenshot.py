@@ -18,9 +18,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from producer.services import free_port, local_workers, private_redis, stop_process
 from producer.sweep import SweepRequest, create
 from shared.connection import connect
+from shared.services import free_port, local_workers, private_redis, stop_process
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch, private_redis(Path(scratch) / "redis") as url:
-        from worker.app import app, use_redis
+        from shared.celery_app import app, use_redis
 
         use_redis(url)
         with local_workers(app, url, Path(scratch) / "worker.log"):
@@ -62,7 +62,7 @@ def main() -> None:
             try:
                 base = f"http://127.0.0.1:{port}"
                 _wait_until_up(base + "/healthcheck")
-                request = SweepRequest(("baseline", "channels_last", "fp16"), (1, 2), cell_options=CELLS)
+                request = SweepRequest(("baseline", "channels_last", "fp16"), (1, 2), cell_options=CELLS, repeats=1)
                 sweep = create(app, connect(url), request, "cpu", ttl=3600)
                 time.sleep(6)  # a cell or two done, one running, the rest queued
                 for page, name in (("/workers", "flower_workers.png"), ("/tasks", "flower_tasks.png")):

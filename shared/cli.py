@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import sys
+from collections.abc import Callable
 
+from shared.errors import OptbenchError
 from shared.spec import COMPILE_MODES, DEVICES, CellSpec
 
 SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CellSpec)}
@@ -15,6 +19,23 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def one_line_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Wrap a CLI's main: an OptbenchError becomes `PROG: error: <message>` on stderr and exit status 2."""
+
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def wrapped(*args, **kwargs) -> int:
+            try:
+                return main(*args, **kwargs)
+            except OptbenchError as exc:
+                print(f"{prog}: error: {exc}", file=sys.stderr)
+                return 2
+
+        return wrapped
+
+    return wrap
 
 
 def add_cell_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ class Settings:
     unacked_restore_interval: float  # seconds between the broker's scans for cells to redeliver
     unacked_restore_throttle: int  # scan on every Nth interval
     unacked_mutex_expire: int  # seconds a scan's lock outlives a worker killed while holding it
+    stall_timeout: float  # seconds `--wait` waits with no run starting, advancing or finishing before it gives up
 
 
 def load() -> Settings:
@@ -37,6 +38,7 @@ def load() -> Settings:
         unacked_restore_interval=float(os.environ.get("OPTBENCH_UNACKED_RESTORE_INTERVAL", "10")),
         unacked_restore_throttle=int(os.environ.get("OPTBENCH_UNACKED_RESTORE_THROTTLE", "10")),
         unacked_mutex_expire=int(os.environ.get("OPTBENCH_UNACKED_MUTEX_EXPIRE", "300")),
+        stall_timeout=float(os.environ.get("OPTBENCH_STALL_TIMEOUT", str(limit + 60))),
     )
 
 

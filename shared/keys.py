@@ -10,17 +10,17 @@ SWEEPS = PREFIX + "sweeps"  # sorted set: sweep id scored by creation time
 
 
 def sweep(sweep_id: str) -> str:
-    """Hash of one sweep's manifest: field `meta` (JSON) and one field `cell:<cell id>` (JSON) per cell."""
+    """Hash of one sweep's manifest: field `meta` (JSON) and one field `run:<run id>` (JSON) per run."""
     return f"{PREFIX}sweep:{sweep_id}"
 
 
 def deliveries(sweep_id: str) -> str:
-    """Hash counting deliveries of each cell attempt to a worker: field `<cell id>#<attempt>`."""
+    """Hash counting deliveries of each run attempt to a worker: field `<run id>:<attempt>`."""
     return f"{PREFIX}deliveries:{sweep_id}"
 
 
-def delivery_field(cell_id: str, attempt: int) -> str:
-    return f"{cell_id}#{attempt}"
+def delivery_field(run_id: str, attempt: int) -> str:
+    return f"{run_id}:{attempt}"
 
 
 CPU_QUEUE = "cpu"  # CPU-only cells, and every cell of a CPU sweep

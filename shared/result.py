@@ -38,7 +38,10 @@ class CellResult:
     latency_ms_p99: float | None = None
     latency_ms_max: float | None = None
     latency_spread: float | None = None
-    throughput_sps: float | None = None
+    throughput_sps: float | None = None  # back to back (worker/engine/measure.py)
+    throughput_sequential_sps: float | None = None  # batch_size / mean per-call latency
+    throughput_iterations: int | None = None
+    throughput_seconds: float | None = None
     iterations: int | None = None
     measure_seconds: float | None = None
     warmup_iterations: int | None = None
@@ -52,6 +55,7 @@ class CellResult:
     peak_mem_reserved_mb: float | None = None
     process_mem_mb: float | None = None
     process_mem_source: str | None = None
+    cuda_graph_pool_mb: float | None = None
     # Model size
     model_size_mb: float | None = None
     model_size_compressed_mb: float | None = None
@@ -63,12 +67,20 @@ class CellResult:
     max_abs_error: float | None = None
     cosine_similarity: float | None = None
     fidelity_samples: int | None = None
+    # What else the machine was doing during the timed phase (see worker/engine/trackers.py, `Noise`)
+    noise_cpu_wait_fraction: float | None = None
+    noise_load_avg: float | None = None
+    noise_gpu_sm_clock_mhz: float | None = None
+    noise_gpu_other_processes: int | None = None
+    gpu_power_limit_w: float | None = None
     # Work and energy
     gflops_per_sample: float | None = None
     achieved_tflops: float | None = None
     energy_j_per_sample: float | None = None
+    energy_source: str | None = None
     # Knobs that change what was measured
     prune_amount: float | None = None
+    prune_round_to: int | None = None
     compile_mode: str | None = None
     seed: int | None = None
     # Environment
@@ -83,6 +95,7 @@ class CellResult:
     cudnn_benchmark: bool | None = None
     cpu_model: str | None = None
     cpu_threads: int | None = None
+    cpu_cores: str | None = None
     torch_version: str | None = None
     torchvision_version: str | None = None
     python_version: str | None = None
@@ -101,6 +114,18 @@ class CellResult:
             "seed": spec.seed,
         }
         return cls(**asked, **fields)
+
+    @classmethod
+    def failed(cls, asked: Any, error_type: str, error: str, **fields: Any) -> CellResult:
+        """A failed result for `asked`: a CellSpec, or the spec dict a task carried (possibly invalid)."""
+        if hasattr(asked, "cell_id"):  # a CellSpec
+            result = cls.for_spec(asked)
+        else:  # whatever a task carried: keep what can be read of it
+            fields_ = asked if isinstance(asked, dict) else {}
+            known = {name: fields_.get(name) for name in ("model", "optimization", "batch_size", "image_size", "seed")}
+            result = cls(**{**known, "requested_device": fields_.get("device")})
+        result.update({"status": "failed", "error_type": error_type, "error": error, **fields})
+        return result
 
     def update(self, values: dict[str, Any]) -> None:
         for name, value in values.items():

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from shared.catalogue import check_model_name, normalize
 from shared.errors import OptbenchError
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -64,11 +65,8 @@ class CellSpec:
         if self.target_spread is not None:
             _check_number("target_spread", self.target_spread, 0.0, 1.0, open_interval=True)
 
-        from shared.models import check_model_name
-        from shared.optimizations import parse_chain
-
         check_model_name(self.model)
-        parse_chain(self.optimization)
+        object.__setattr__(self, "optimization", normalize(self.optimization))  # "fp16 + bf16" -> "fp16+bf16"
 
     @property
     def cell_id(self) -> str:

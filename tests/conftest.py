@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 # A sweep's cells in tests: a small model, small images, a few timed calls.
 TINY_SWEEP_ARGS = [
     "--model", "mobilenet_v3_small", "--image-size", "32", "--device", "cpu",
-    "--warmup", "1", "--warmup-seconds", "0", "--min-iters", "3", "--min-seconds", "0",
+    "--warmup", "1", "--warmup-seconds", "0", "--min-iters", "3", "--min-seconds", "0", "--repeats", "1",
 ]  # fmt: skip
 TINY_CELL_OPTIONS = {
     "model": "mobilenet_v3_small",
@@ -53,7 +53,7 @@ TINY_CELL_OPTIONS = {
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> Iterator[str]:
-    from producer.services import private_redis
+    from shared.services import private_redis
 
     with private_redis(tmp_path_factory.mktemp("redis")) as url:
         yield url
@@ -61,7 +61,7 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def app(redis_url):
-    from worker.app import app, use_redis
+    from shared.celery_app import app, use_redis
 
     use_redis(redis_url)
     return app
@@ -108,7 +108,7 @@ def start_workers(app, redis_url: str, log_path: Path, *args: str, **env: str) -
 
 def stop_workers(process: subprocess.Popen) -> None:
     """SIGTERM (warm shutdown), then SIGKILL to the whole group if it lingers."""
-    from producer.services import stop_process
+    from shared.services import stop_process
 
     stop_process(process, timeout=60)
     with contextlib.suppress(ProcessLookupError):
@@ -132,8 +132,8 @@ def workers(app, redis_url, tmp_path_factory):
 
 def wait_for_sweep(app, client, sweep_id: str, timeout: float = 240) -> list[dict]:
     """Poll the backend until every cell of the sweep has finished; the rows."""
-    from results.collect import FINISHED, sweep_rows
     from shared import manifest
+    from shared.state import FINISHED, sweep_rows
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from shared.model_stats import size_stats
-from shared.models import build_model
-from shared.optimizations import Prepared, apply_chain, parse_chain
+from shared.catalogue import parse_chain
 from shared.result import FIELD_NAMES
 from tests.conftest import tiny_spec
-from worker.cell import error_type, run_cell
+from worker.engine.model_stats import size_stats
+from worker.engine.models import build_model
+from worker.engine.run import error_type, run_cell
+from worker.engine.transforms import Prepared, apply_chain
 
 CONTRACT = [
     "model",
@@ -65,7 +66,11 @@ def test_baseline_is_measured_and_identical_to_the_fp32_reference(baseline):
     assert baseline.top1_agreement == 1.0 and baseline.max_abs_error == 0.0
     assert baseline.iterations >= 3 and baseline.measure_seconds > 0
     assert 0 < baseline.latency_ms_min <= baseline.latency_ms_p50 <= baseline.latency_ms_p99 <= baseline.latency_ms_max
-    assert baseline.throughput_sps == pytest.approx(2 * 1000 / baseline.latency_ms_mean)
+    assert baseline.throughput_sequential_sps == pytest.approx(2 * 1000 / baseline.latency_ms_mean)
+    # back to back: at least min_iters calls between one pair of timestamps
+    assert baseline.throughput_iterations >= 3 and baseline.throughput_seconds > 0
+    assert baseline.throughput_sps == pytest.approx(2 * baseline.throughput_iterations / baseline.throughput_seconds)
+    assert baseline.achieved_tflops == pytest.approx(baseline.gflops_per_sample * baseline.throughput_sps / 1000)
     assert baseline.params_total == 7_978_856  # DenseNet-121
     # 5.67 GFLOP at 224 px scales with the pixel count; the classifier doesn't, hence the tolerance.
     assert baseline.gflops_per_sample == pytest.approx(5.67 * (32 / 224) ** 2, rel=0.1)
@@ -100,6 +105,18 @@ def test_structured_pruning_removes_parameters_and_keeps_the_output_shape(baseli
     assert result.model_size_mb < 0.5 * baseline.model_size_mb
     assert result.gflops_per_sample < baseline.gflops_per_sample
     assert result.fidelity_samples == 8  # the probe ran through the pruned model: shape unchanged
+
+
+def test_structured_pruning_keeps_channel_counts_multiples_of_8_for_tensor_cores(baseline):
+    spec = tiny_spec(model="resnet18", optimization="prune_structured", prune_amount=0.3)  # 64 * 0.7 = 44.8
+    model, _ = build_model(spec.model, "random", 0)
+    final, _ = apply_chain(parse_chain(spec.optimization), Prepared(model, torch.device("cpu")), spec)
+    convs = [m for m in final.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].out_channels < 64  # pruned
+    assert [c.out_channels for c in convs if c.out_channels % 8] == []
+    assert [c.in_channels for c in convs[1:] if c.in_channels % 8] == []  # the first takes the 3 image channels
+    assert final.model.fc.in_features % 8 == 0
+    assert run_cell(spec).prune_round_to == 8 and baseline.prune_round_to is None
 
 
 def test_dynamic_quant_runs_on_the_cpu_and_shrinks_the_model(baseline):
@@ -176,6 +193,23 @@ def test_cuda_out_of_memory_is_classified_without_a_gpu():
     assert error_type(ValueError("bad")) == "ValueError"
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "cuFFT error: CUFFT_ALLOC_FAILED",
+    ],
+)
+def test_cuda_library_allocation_failures_are_out_of_memory(message):
+    assert error_type(RuntimeError(message)) == "out_of_memory"
+
+
+def test_other_cuda_library_errors_keep_their_class():
+    assert error_type(RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED")) == "RuntimeError"
+    assert error_type(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")) == "RuntimeError"
+
+
 def test_a_state_dict_file_is_loaded_and_named_with_its_hash(tmp_path):
     model, _ = build_model("densenet121", "random", seed=7)
     path = tmp_path / "densenet.pt"
@@ -186,7 +220,7 @@ def test_a_state_dict_file_is_loaded_and_named_with_its_hash(tmp_path):
 
 
 def test_auto_weights_never_download_and_use_the_hub_cache_when_present(tmp_path, monkeypatch):
-    from shared import models
+    from worker.engine import models
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     assert models.cached_checkpoint("densenet121") is None
@@ -210,9 +244,17 @@ def test_gpu_cells_use_cuda_events_and_report_allocator_and_nvml_memory(optimiza
 
 
 @pytest.mark.gpu
-def test_gpu_out_of_memory_is_a_failed_result():
-    total = torch.cuda.get_device_properties(0).total_memory
-    image = 2048
-    batch = min(4096, int(total / (3 * image * image * 4)) + 64)  # more input than the card holds
-    result = run_cell(tiny_spec(device="cuda", batch_size=batch, image_size=image))
+def test_gpu_out_of_memory_is_a_real_cuda_oom_and_a_failed_result():
+    from scripts.gpu_check import gpu_oom_batch  # the batch gpu_check.py uses (tested in test_gpu_check.py)
+
+    batch = gpu_oom_batch(torch.cuda.get_device_properties(0).total_memory)
+    model, _ = build_model("densenet121", "random", 0)
+    model = model.cuda()
+    inputs = torch.randn(batch, 3, 2048, 2048).cuda()  # fits: the activations don't
+    with pytest.raises(torch.cuda.OutOfMemoryError), torch.inference_mode():
+        model(inputs)
+    del model, inputs
+    torch.cuda.empty_cache()
+    result = run_cell(tiny_spec(device="cuda", batch_size=batch, image_size=2048))
     assert (result.status, result.error_type) == ("failed", "out_of_memory")
+    assert "CUDA out of memory" in result.error  # CUDA's refusal, not the host allocator's

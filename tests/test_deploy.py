@@ -24,6 +24,25 @@ def test_dockerfile_passes_hadolint():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def final_stage(dockerfile: str) -> str:
+    """The instructions after the last FROM, continuation lines joined."""
+    joined = dockerfile.replace("\\\n", " ")
+    return joined[joined.rindex("\nFROM ") :]
+
+
+def test_the_final_image_has_a_c_compiler_and_python_headers_for_triton():
+    stage = final_stage((REPO / "Dockerfile.gpu").read_text())
+    installs = " ".join(line for line in stage.splitlines() if "apt-get install" in line).split()
+    assert {"gcc", "libc6-dev", "python3-dev"} <= set(installs), installs  # or compile cells fail at run time
+
+
+def test_the_worker_shares_the_host_pid_namespace_so_nvml_lists_its_cells():
+    from ruamel.yaml import YAML  # check-jsonschema's YAML parser
+
+    compose = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())
+    assert compose["services"]["worker"]["pid"] == "host"
+
+
 def test_compose_file_matches_the_compose_spec():
     done = subprocess.run(
         [BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"],
@@ -61,7 +80,7 @@ def test_a_sweep_is_pinned_to_one_gpu_model_unless_a_comparison_is_asked_for():
 
 def test_two_hosts_share_one_sweep_and_each_cell_runs_once(app, redis_client, redis_url, tmp_path):
     request = SweepRequest(
-        ("baseline", "channels_last"), (1, 2, 3), cell_options={**TINY_CELL_OPTIONS, "min_seconds": 1.0}
+        ("baseline", "channels_last"), (1, 2, 3), cell_options={**TINY_CELL_OPTIONS, "min_seconds": 1.0}, repeats=1
     )
     with (
         running_workers(app, redis_url, tmp_path / "a.log", "--host", "host-a"),
@@ -69,7 +88,7 @@ def test_two_hosts_share_one_sweep_and_each_cell_runs_once(app, redis_client, re
     ):
         sweep = create(app, redis_client, request, "cpu", ttl=3600)
         wait_for_sweep(app, redis_client, sweep.id)
-    frame, _ = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, False)
+    frame = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, False).frame
     assert len(frame) == 6 and frame["cell_id"].is_unique and set(frame["status"]) == {"ok"}
     assert set(frame["host"]) == {"host-a", "host-b"}  # both hosts took cells
     assert (frame["worker"] == "cpu@" + frame["host"]).all()

@@ -12,10 +12,10 @@ import urllib.request
 
 import pytest
 
-from producer.services import free_port, stop_process
 from producer.sweep import SweepRequest, create
 from results.collect import collect
 from shared import manifest
+from shared.services import free_port, stop_process
 from tests.conftest import REPO, TINY_CELL_OPTIONS, run_cli, service_env, wait_for_sweep
 
 pytestmark = pytest.mark.timeout(300)
@@ -103,37 +103,39 @@ def test_workers_are_listed_with_the_hardware_they_are_pinned_to(flower):
 
 
 def test_a_sweep_shows_in_flower_and_a_rerun_through_flower_lands_in_its_results(flower, app, redis_client, tmp_path):
-    request_ = SweepRequest(optimizations=("baseline", "prune"), batch_sizes=(1,), cell_options=TINY_CELL_OPTIONS)
+    request_ = SweepRequest(
+        optimizations=("baseline", "prune"), batch_sizes=(1,), cell_options=TINY_CELL_OPTIONS, repeats=1
+    )
     sweep = create(app, redis_client, request_, "cpu", ttl=3600)
     wait_for_sweep(app, redis_client, sweep.id)
 
     def ours(tasks: dict) -> dict[str, str]:
-        return {t["kwargs"]: t["state"] for t in tasks.values() if sweep.id in (t.get("kwargs") or "")}
+        return {t["name"]: t["state"] for t in tasks.values() if sweep.id in (t.get("kwargs") or "")}
 
     tasks = poll_json(
-        flower + "/api/tasks?taskname=optbench.run_cell&limit=1000",
+        flower + "/api/tasks?limit=1000",
         until=lambda tasks: len(ours(tasks)) == 2 and set(ours(tasks).values()) == {"SUCCESS"},
     )
-    ours = ours(tasks)
-    assert all("'cell_id': 'baseline@bs1'" in k or "'cell_id': 'prune@bs1'" in k for k in ours)
+    # Flower's task list names each task by its run and sweep, not only `optbench.run_cell` and a UUID.
+    assert set(ours(tasks)) == {f"optbench.run_cell {run} [{sweep.id}]" for run in ("baseline@bs1#1", "prune@bs1#1")}
 
-    cell = sweep.cells["prune@bs1"]
-    kwargs = {"sweep_id": sweep.id, "cell_id": cell.cell_id, "attempt": 2, "spec": cell.spec}
+    run = sweep.runs["prune@bs1#1"]
+    kwargs = {**run.task(sweep.id).kwargs(), "attempt": 2}
     status, body = request(flower + "/api/task/async-apply/optbench.run_cell", body={"kwargs": kwargs, "queue": "cpu"})
     assert status == 200, body
     flower_task = json.loads(body)["task-id"]
     app.AsyncResult(flower_task).get(timeout=120)
-    frame, _ = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, False)
+    frame = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, False).frame
     rows = frame.set_index("cell_id")
     assert rows.loc["prune@bs1", "attempts"] == 2 and rows.loc["prune@bs1", "status"] == "ok"
-    assert manifest.load(redis_client, sweep.id).cells["prune@bs1"].task_id == flower_task
+    assert manifest.load(redis_client, sweep.id).runs["prune@bs1#1"].task_id == flower_task
     assert rows.loc["baseline@bs1", "attempts"] == 1
 
 
 def test_a_running_cell_reports_its_phase_to_flower(flower, app, redis_client):
     slow = {**TINY_CELL_OPTIONS, "min_seconds": 6.0}
-    sweep = create(app, redis_client, SweepRequest(("baseline",), (1,), cell_options=slow), "cpu", ttl=3600)
-    task_id = sweep.cells["baseline@bs1"].task_id
+    sweep = create(app, redis_client, SweepRequest(("baseline",), (1,), cell_options=slow, repeats=1), "cpu", ttl=3600)
+    task_id = sweep.runs["baseline@bs1#1"].task_id
     info = poll_json(
         f"{flower}/api/task/info/{task_id}",
         until=lambda info: info.get("state") == "PROGRESS" and '"phase": "measuring"' in (info.get("result") or ""),
@@ -142,7 +144,7 @@ def test_a_running_cell_reports_its_phase_to_flower(flower, app, redis_client):
     status, body = get(f"{flower}/api/task/result/{task_id}")
     assert status == 200 and json.loads(body).get("state") == "PROGRESS", body
     progress = json.loads(info["result"])
-    assert progress["phase"] == "measuring" and progress["cell_id"] == "baseline@bs1"
+    assert progress["phase"] == "measuring" and progress["run_id"] == "baseline@bs1#1"
     assert progress["iterations"] >= 1 and progress["elapsed"] >= 0
     wait_for_sweep(app, redis_client, sweep.id)
 

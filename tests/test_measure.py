@@ -1,12 +1,13 @@
 """The timer and the timed loop, against modules whose duration we know."""
 
+import threading
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from shared import measure
+from worker.engine import measure
 
 
 class Sleeper(torch.nn.Module):
@@ -26,7 +27,7 @@ def test_a_module_that_sleeps_a_known_time_is_measured_within_ten_percent(sleep_
     latency = measure.time_calls(lambda: model(x), budget, measure.CpuTimer())
     summary = latency.summary(batch_size=4)
     assert summary["latency_ms_p50"] == pytest.approx(sleep_ms, rel=0.10)
-    assert summary["throughput_sps"] == pytest.approx(4 * 1000 / sleep_ms, rel=0.10)
+    assert summary["throughput_sequential_sps"] == pytest.approx(4 * 1000 / sleep_ms, rel=0.10)
     assert summary["iterations"] == 20
 
 
@@ -68,3 +69,104 @@ def test_device_defaults_can_be_overridden_one_at_a_time():
     budget = measure.budget_for("cpu", min_iters=7, min_seconds=None)
     assert budget.min_iters == 7
     assert budget.min_seconds == measure.DEFAULT_BUDGETS["cpu"].min_seconds
+
+
+def test_back_to_back_throughput_times_n_calls_between_one_pair_of_timestamps():
+    model, x = Sleeper(0.010), torch.zeros(1)
+    budget = measure.Budget(warmup_iters=0, warmup_seconds=0.0, min_iters=5, min_seconds=0.2)
+    latency = measure.time_calls(lambda: model(x), budget, measure.CpuTimer())
+    run = measure.time_back_to_back(lambda: model(x), budget, latency, measure.CpuTimer())
+    assert run.iterations == pytest.approx(20, abs=2)  # min_seconds / mean latency
+    summary = run.summary(batch_size=4)
+    assert summary["throughput_sps"] == pytest.approx(4 * 1000 / 10.0, rel=0.10)
+    assert summary["throughput_iterations"] == run.iterations
+    assert summary["throughput_seconds"] == pytest.approx(run.iterations * 0.010, rel=0.10)
+
+
+def test_back_to_back_length_is_about_a_second_and_at_least_ten_calls():
+    budget = measure.Budget(0, 0.0, min_iters=100, min_seconds=5.0)
+    assert measure.back_to_back_iterations(budget, mean_ms=1.0) == 1000  # capped at 1 s of 1 ms calls
+    assert measure.back_to_back_iterations(budget, mean_ms=500.0) == 10  # at least 10 calls
+    short = measure.Budget(0, 0.0, min_iters=3, min_seconds=0.25)
+    assert measure.back_to_back_iterations(short, mean_ms=1.0) == 250  # min_seconds when it is shorter
+
+
+class FakeDevice:
+    """A device that runs queued work on its own thread, as a GPU runs kernels the CPU launched.
+
+    Each call costs `launch_s` on the caller (the CPU launching kernels) and `run_s` on the device;
+    `synchronize` waits for the queue. Timed per call (synchronize each time) the costs add up;
+    back to back the CPU launches the next call while the device runs the previous one.
+    """
+
+    def __init__(self, launch_s: float, run_s: float) -> None:
+        self.launch_s, self.run_s = launch_s, run_s
+        self.pending = threading.Semaphore(0)
+        self.idle = threading.Condition()
+        self.queued = 0
+        threading.Thread(target=self._work, daemon=True).start()
+
+    def call(self) -> None:
+        time.sleep(self.launch_s)
+        with self.idle:
+            self.queued += 1
+        self.pending.release()
+
+    def _work(self) -> None:
+        while True:
+            self.pending.acquire()
+            time.sleep(self.run_s)
+            with self.idle:
+                self.queued -= 1
+                self.idle.notify_all()
+
+    def synchronize(self) -> None:
+        with self.idle:
+            self.idle.wait_for(lambda: self.queued == 0)
+
+
+class FakeDeviceTimer(measure.CpuTimer):
+    """CudaEventTimer's protocol on the fake device: synchronize around the timed work."""
+
+    name = "fake_device"
+
+    def __init__(self, device: FakeDevice) -> None:
+        self.device = device
+
+    def time_ms(self, call):
+        return self.time_many_ms(call, 1)
+
+    def time_many_ms(self, call, iterations):
+        def calls_then_wait():
+            for _ in range(iterations):
+                call()
+            self.device.synchronize()
+
+        self.device.synchronize()
+        return super().time_ms(calls_then_wait)
+
+
+def test_back_to_back_overlaps_launch_and_device_work_where_per_call_timing_cannot():
+    device = FakeDevice(launch_s=0.004, run_s=0.008)
+    timer = FakeDeviceTimer(device)
+    budget = measure.Budget(0, 0.0, min_iters=15, min_seconds=0.0)
+    latency = measure.time_calls(device.call, budget, timer)
+    run = measure.time_back_to_back(device.call, budget, latency, timer)
+    sequential = latency.summary(batch_size=1)["throughput_sequential_sps"]
+    back_to_back = run.summary(batch_size=1)["throughput_sps"]
+    assert sequential == pytest.approx(1000 / 12, rel=0.15)  # launch + run, one at a time
+    assert back_to_back == pytest.approx(1000 / 8, rel=0.15)  # the device is the bottleneck
+
+
+def test_the_cpu_wait_fraction_is_null_over_a_phase_too_short_to_tell_and_measured_over_a_long_one():
+    from worker.engine.trackers import Noise
+
+    noise = Noise()
+    noise.start()
+    assert noise.read()["noise_cpu_wait_fraction"] is None  # microseconds: one wake-up would dominate
+    noise.start()
+    deadline = time.perf_counter() + 0.3
+    while time.perf_counter() < deadline:  # 0.3 s on a CPU
+        pass
+    fraction = noise.read()["noise_cpu_wait_fraction"]
+    assert fraction is not None and 0.0 <= fraction < 1.0

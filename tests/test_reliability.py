@@ -13,6 +13,8 @@ import pytest
 from producer.sweep import SweepRequest, create
 from results.collect import collect
 from shared import keys, manifest
+from shared.contract import TASK_NAME
+from shared.spec import CellSpec
 from tests.conftest import TINY_CELL_OPTIONS, start_workers, stop_workers, wait_for_sweep
 
 pytestmark = pytest.mark.timeout(400)
@@ -87,9 +89,11 @@ def group_gone(pgid: int, timeout: float = 15) -> bool:
 
 
 def one_cell_sweep(app, client, **options):
-    request = SweepRequest(optimizations=("baseline",), batch_sizes=(1,), cell_options={**SLOW_CELL, **options})
+    request = SweepRequest(
+        optimizations=("baseline",), batch_sizes=(1,), cell_options={**SLOW_CELL, **options}, repeats=1
+    )
     sweep = create(app, client, request, "cpu", ttl=3600)
-    return sweep, sweep.cells["baseline@bs1"]
+    return sweep, sweep.runs["baseline@bs1#1"]
 
 
 def test_sigterm_mid_cell_requeues_it_at_once(app, redis_client, hosts, tmp_path):
@@ -121,15 +125,15 @@ def test_sigkill_of_a_worker_mid_cell_redelivers_it_and_leaves_no_cell_process(
     [row] = wait_for_sweep(app, redis_client, sweep.id, timeout=90)
     other = "host-b" if host == "host-a" else "host-a"
     assert row["status"] == "ok" and row["worker"] == f"cpu@{other}" and row["tries"] == 2
-    frame, _ = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, False)
+    frame = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, False).frame
     assert list(frame["cell_id"]) == ["baseline@bs1"]
 
 
 def test_a_hanging_cell_is_ended_by_its_time_limit_and_the_worker_goes_on(app, redis_client, hosts):
     request = SweepRequest(
-        optimizations=("baseline", "channels_last"), batch_sizes=(1,), cell_options=TINY_CELL_OPTIONS
+        optimizations=("baseline", "channels_last"), batch_sizes=(1,), cell_options=TINY_CELL_OPTIONS, repeats=1
     )
-    sweep = create(app, redis_client, request, "cpu", ttl=3600, faults={"baseline@bs1": "hang"})
+    sweep = create(app, redis_client, request, "cpu", ttl=3600, faults={"baseline@bs1#1": "hang"})
     rows = {row["cell_id"]: row for row in wait_for_sweep(app, redis_client, sweep.id, timeout=120)}
     hung = rows["baseline@bs1"]
     assert (hung["status"], hung["error_type"]) == ("failed", "timeout")
@@ -138,39 +142,57 @@ def test_a_hanging_cell_is_ended_by_its_time_limit_and_the_worker_goes_on(app, r
 
 
 def test_a_poison_cell_is_tried_a_bounded_number_of_times_then_stays_failed(app, redis_client, hosts):
-    request = SweepRequest(optimizations=("baseline",), batch_sizes=(1, 2), cell_options=TINY_CELL_OPTIONS)
-    sweep = create(app, redis_client, request, "cpu", ttl=3600, faults={"baseline@bs1": "exit"})
+    request = SweepRequest(optimizations=("baseline",), batch_sizes=(1, 2), cell_options=TINY_CELL_OPTIONS, repeats=1)
+    sweep = create(app, redis_client, request, "cpu", ttl=3600, faults={"baseline@bs1#1": "exit"})
     rows = {row["cell_id"]: row for row in wait_for_sweep(app, redis_client, sweep.id, timeout=120)}
     poison = rows["baseline@bs1"]
     assert (poison["status"], poison["error_type"], poison["tries"]) == ("failed", "crashed", 2)
     assert rows["baseline@bs2"]["status"] == "ok"
     time.sleep(3)  # nothing delivers it again
-    assert int(redis_client.hget(keys.deliveries(sweep.id), "baseline@bs1#1")) == 2
+    assert int(redis_client.hget(keys.deliveries(sweep.id), keys.delivery_field("baseline@bs1#1", 1))) == 2
 
 
 def test_a_cell_whose_worker_was_lost_too_often_gives_up_without_running(app, redis_client, hosts):
-    sweep_id = "lost-workers"
-    redis_client.hset(keys.deliveries(sweep_id), keys.delivery_field("c", 1), 2)  # two workers died on it
-    kwargs = {"sweep_id": sweep_id, "cell_id": "c", "attempt": 1, "spec": {**SLOW_CELL, "device": "cpu"}}
-    envelope = app.send_task("optbench.run_cell", kwargs=kwargs, queue="cpu").get(timeout=60)
+    from shared.manifest import RunEntry, Sweep, new_task_id, save
+
+    spec = CellSpec(**SLOW_CELL, device="cpu")
+    run = RunEntry("baseline@bs1#1", spec.cell_id, 1, spec.to_dict(), "cpu", task_id=new_task_id())
+    sweep = Sweep("lost-workers", "2026-01-01T00:00:00+00:00", {"cells": [spec.cell_id]}, runs={run.run_id: run})
+    save(redis_client, sweep, ttl_seconds=600)
+    redis_client.hset(keys.deliveries(sweep.id), keys.delivery_field(run.run_id, 1), 2)  # two workers died on it
+    task = run.task(sweep.id)
+    envelope = app.send_task(TASK_NAME, kwargs=task.kwargs(), task_id=run.task_id, queue="cpu").get(timeout=60)
     assert envelope["result"]["error_type"] == "gave_up" and envelope["tries"] == 2
 
 
 def test_duplicate_or_stale_deliveries_never_add_or_replace_rows(app, redis_client, hosts, tmp_path):
-    sweep, first = one_cell_sweep(app, redis_client, min_seconds=0.0)
+    sweep, _ = one_cell_sweep(app, redis_client, min_seconds=0.0)
     wait_for_sweep(app, redis_client, sweep.id)
-    old_task = first.task_id
     from producer.sweep import rerun, send
 
-    [second] = rerun(app, redis_client, manifest.load(redis_client, sweep.id), ["baseline@bs1"], ttl=3600)
+    [second] = rerun(app, redis_client, manifest.load(redis_client, sweep.id), ["baseline@bs1#1"], ttl=3600)
     [newest] = wait_for_sweep(app, redis_client, sweep.id)
     assert newest["attempts"] == 2
 
-    stale = manifest.CellEntry("baseline@bs1", second.spec, "cpu", task_id=old_task, attempts=1)
-    send(app, sweep, [stale, second], {})  # a late copy of attempt 1, and a duplicate of attempt 2
-    app.AsyncResult(old_task).get(timeout=60)
-    app.AsyncResult(second.task_id).get(timeout=60)
-    frame, _ = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, False)
+    # A late copy of attempt 1 (under a task id of its own, so its result can be awaited), and a
+    # duplicate of attempt 2 (the same task id: it runs again and replaces its own result).
+    stale = manifest.RunEntry(
+        "baseline@bs1#1", "baseline@bs1", 1, second.spec, "cpu", task_id=manifest.new_task_id(), attempts=1
+    )
+    measured_before = newest["started_at"]
+    send(app, sweep, [stale, second], {})
+    late = app.AsyncResult(stale.task_id).get(timeout=60)
+    # The stale attempt was acknowledged without running: no measurement, no cell process.
+    assert late["superseded"] and late["result"]["error_type"] == "superseded"
+    assert late["result"]["started_at"] is None and late["result"]["latency_ms_p50"] is None
+    deadline = time.monotonic() + 60
+    while True:  # wait until the duplicate has run and stored its result
+        meta = app.backend.get_task_meta(second.task_id)
+        if meta["status"] == "SUCCESS" and meta["result"]["result"]["started_at"] != measured_before:
+            break
+        assert time.monotonic() < deadline, meta
+        time.sleep(0.2)
+    frame = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, False).frame
     assert len(frame) == 1
     row = frame.iloc[0]
     assert row["attempts"] == 2 and row["status"] == "ok"
@@ -181,21 +203,21 @@ def test_a_redis_restart_mid_sweep_loses_no_result(tmp_path):
     """Its own Redis (append-only, as `make sweep` starts it), restarted while cells run."""
     from celery import Celery
 
-    from producer.services import free_port, private_redis
     from shared.connection import connect
+    from shared.services import free_port, private_redis
 
     def probe(url: str) -> Celery:
         return Celery(broker=url, backend=url)
 
     data, port = tmp_path / "redis", free_port()
-    request = SweepRequest(("baseline", "channels_last"), batch_sizes=(1, 2), cell_options=SLOW_CELL)
+    request = SweepRequest(("baseline", "channels_last"), batch_sizes=(1, 2), cell_options=SLOW_CELL, repeats=1)
     with private_redis(data, port) as url:
         app = probe(url)
         workers = start_workers(app, url, tmp_path / "worker.log", **FAST)
         try:
             client = connect(url)
             sweep = create(app, client, request, "cpu", ttl=3600)
-            first = sweep.cells["baseline@bs1"].task_id
+            first = sweep.runs["baseline@bs1#1"].task_id
             while app.backend.get_task_meta(first)["status"] != "SUCCESS":
                 time.sleep(0.2)
             client.close()
@@ -207,7 +229,7 @@ def test_a_redis_restart_mid_sweep_loses_no_result(tmp_path):
             app, client = probe(url), connect(url)
             rows = {row["cell_id"]: row for row in wait_for_sweep(app, client, sweep.id, timeout=180)}
             assert app.backend.get_task_meta(first)["status"] == "SUCCESS"
-            assert {cell: row["status"] for cell, row in rows.items()} == dict.fromkeys(sweep.cells, "ok")
+            assert {cell: row["status"] for cell, row in rows.items()} == dict.fromkeys(sweep.cell_ids(), "ok")
             client.close()
     finally:
         stop_workers(workers)

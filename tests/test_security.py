@@ -48,7 +48,9 @@ def test_a_pickled_message_in_the_queue_is_refused_not_executed(app, redis_clien
     # and the worker is still serving JSON cells
     bad = {"model": "densenet121", "batch_size": 0}
     envelope = app.send_task(
-        "optbench.run_cell", kwargs={"sweep_id": "s", "cell_id": "c", "attempt": 1, "spec": bad}, queue="cpu"
+        "optbench.run_cell",
+        kwargs={"sweep_id": "s", "cell_id": "c", "repeat": 1, "attempt": 1, "spec": bad},
+        queue="cpu",
     ).get(timeout=60)
     assert envelope["result"]["error_type"] == "invalid_spec"
 

@@ -1,7 +1,8 @@
 import pytest
 
+from shared.catalogue import OPTIMIZATIONS as OPTIMIZATIONS
+from shared.catalogue import parse_chain, preferred_device, unsupported_reason
 from shared.errors import OptbenchError
-from shared.optimizations import REGISTRY, parse_chain, preferred_device, unsupported_reason
 from shared.spec import MAX_BATCH_SIZE, CellSpec
 
 
@@ -57,4 +58,4 @@ def test_cpu_only_optimizations_resolve_auto_to_cpu_and_are_unsupported_on_cuda(
     assert preferred_device(parse_chain("fp16"), cuda_available=True) == "cuda"
     assert preferred_device(parse_chain("fp16"), cuda_available=False) == "cpu"
     assert unsupported_reason(quant, "cuda") == "dynamic_quant runs on cpu only, not on cuda"
-    assert all(unsupported_reason([opt], "cpu") is None for opt in REGISTRY.values())
+    assert all(unsupported_reason([opt], "cpu") is None for opt in OPTIMIZATIONS.values())

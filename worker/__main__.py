@@ -5,6 +5,11 @@ sees only its GPU (CUDA_VISIBLE_DEVICES=<its UUID>, CUDA_DEVICE_ORDER=PCI_BUS_ID
 `gpu` queue and its model's queue (e.g. `gpu.nvidia-h200`) one cell at a time and is named
 `gpu<index>@<host>`; the CPU worker (`cpu@<host>`)
 consumes the `cpu` queue: CPU-only cells such as dynamic_quant, and every cell of a CPU sweep.
+
+A GPU in MIG mode is listed as its MIG instances: one worker per instance, `gpu<index>-mig<slot>`,
+pinned by its `MIG-` UUID, on the queue of its profile (e.g. `gpu.nvidia-h200-mig-1g-18gb`).
+On a host with GPUs each GPU worker gets its own CPU cores and the CPU worker the rest
+(`worker/engine/cores.py`), passed to the worker's cells in OPTBENCH_CPU_CORES.
 """
 
 from __future__ import annotations
@@ -16,67 +21,52 @@ import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 
 from shared import keys
 from shared.config import load, redact
 from shared.connection import connect
 from shared.errors import OptbenchError
+from worker.engine.cores import CORES_ENV, format_cores, plan_cores
+from worker.engine.gpus import Gpu, visible_gpus
 
 log = logging.getLogger("optbench.worker")
 
 
-@dataclass(frozen=True)
-class Gpu:
-    index: int
-    uuid: str
-    name: str
+def worker_commands(
+    gpus: list[Gpu], host: str, cpu_worker: bool, loglevel: str, cores: list[int] | None = None
+) -> list[tuple[list[str], dict]]:
+    """The `celery worker` command line and extra environment of each worker to start.
 
-
-def visible_gpus() -> list[Gpu]:
-    """GPUs NVML sees, restricted to CUDA_VISIBLE_DEVICES (indices or UUIDs) when it is set."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception as exc:  # no driver, no NVML: a CPU-only host
-        log.info("no NVIDIA GPU found (%s)", exc)
-        return []
-    gpus = []
-    for index in range(pynvml.nvmlDeviceGetCount()):
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        uuid, name = pynvml.nvmlDeviceGetUUID(handle), pynvml.nvmlDeviceGetName(handle)
-        gpus.append(Gpu(index, _text(uuid), _text(name)))
-    wanted = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if wanted is not None:
-        allowed = {item.strip() for item in wanted.split(",") if item.strip()}
-        gpus = [gpu for gpu in gpus if str(gpu.index) in allowed or gpu.uuid in allowed]
-    return gpus
-
-
-def worker_commands(gpus: list[Gpu], host: str, cpu_worker: bool, loglevel: str) -> list[tuple[list[str], dict]]:
-    """The `celery worker` command line and extra environment of each worker to start."""
+    `cores`: the CPU cores to split between the workers (default: this process's affinity).
+    """
 
     def command(name: str, queue: str) -> list[str]:
         return [
-            sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+            sys.executable, "-m", "celery", "-A", "shared.celery_app", "worker",
             "--pool", "threads", "--concurrency", "1", "--queues", queue,
             "--hostname", f"{name}@{host}", "--loglevel", loglevel, "--without-gossip",
         ]  # fmt: skip
 
+    with_cpu_worker = cpu_worker or not gpus
+    plan = plan_cores(sorted(os.sched_getaffinity(0)) if cores is None else cores, len(gpus), with_cpu_worker)
+
+    def pinned(worker_cores: list[int] | None) -> dict[str, str]:
+        return {CORES_ENV: format_cores(worker_cores) if worker_cores else ""}  # "": not pinned
+
     workers = [
         (
-            command(f"gpu{gpu.index}", f"{keys.GPU_QUEUE},{keys.gpu_model_queue(gpu.name)}"),
+            command(gpu.worker_name, f"{keys.GPU_QUEUE},{keys.gpu_model_queue(gpu.name)}"),
             {
                 "CUDA_VISIBLE_DEVICES": gpu.uuid,
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
                 "OPTBENCH_GPU": f"index {gpu.index}, {gpu.name}, {gpu.uuid}",
+                **pinned(worker_cores),
             },
         )
-        for gpu in gpus
+        for gpu, worker_cores in zip(gpus, plan.gpu, strict=True)
     ]
-    if cpu_worker or not gpus:
-        workers.append((command("cpu", keys.CPU_QUEUE), {"CUDA_VISIBLE_DEVICES": ""}))
+    if with_cpu_worker:
+        workers.append((command("cpu", keys.CPU_QUEUE), {"CUDA_VISIBLE_DEVICES": "", **pinned(plan.cpu)}))
     return [(cmd, {**extra, "OPTBENCH_HOST": host}) for cmd, extra in workers]
 
 
@@ -99,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     gpus = visible_gpus()
     log.info("broker %s; GPUs: %s", redact(url), ", ".join(g.name for g in gpus) or "none")
-    children = [
-        subprocess.Popen(cmd, env={**os.environ, **extra})
-        for cmd, extra in worker_commands(gpus, args.host, not args.no_cpu_worker, args.loglevel)
-    ]
+    commands = worker_commands(gpus, args.host, not args.no_cpu_worker, args.loglevel)
+    for cmd, extra in commands:
+        log.info("%s: CPU cores %s", cmd[cmd.index("--hostname") + 1], extra[CORES_ENV] or "all (not pinned)")
+    children = [subprocess.Popen(cmd, env={**os.environ, **extra}) for cmd, extra in commands]
 
     def stop(signum: int, _frame: object) -> None:
         for child in children:
@@ -116,14 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ping_host(host: str) -> bool:
-    from worker.app import app
+    from shared.celery_app import app
 
     replies = app.control.ping(timeout=10.0)
     return any(name.endswith(f"@{host}") for reply in replies for name in reply)
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 if __name__ == "__main__":

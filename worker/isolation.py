@@ -33,12 +33,11 @@ from shared.spec import CellSpec
 
 log = logging.getLogger(__name__)
 
-FAULTS = ("exit", "segfault", "hang")  # injected by tests only (OPTBENCH_ALLOW_FAULTS=1)
 STDERR_TAIL_CHARS = 300
 PROGRESS_EVERY_SECONDS = 1.0  # within a phase; a new phase is reported at once
 
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["worker.cell"])
+_context.set_forkserver_preload(["worker.engine.run"])
 _stopping = threading.Event()
 PR_SET_PDEATHSIG = 1
 
@@ -60,8 +59,8 @@ def run_isolated(
     time_limit: float,
     on_progress: Callable[..., None],
     fault: str | None = None,
-) -> tuple[str, dict[str, Any] | None]:
-    """(outcome, result dict): the result is None only for `stopped`."""
+) -> tuple[str, CellResult | None]:
+    """(outcome, result): the result is None only for `stopped`."""
     started_at = utc_now()
     receiver, sender = _context.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile(prefix="optbench-cell-", suffix=".stderr", delete=False) as stderr_file:
@@ -73,10 +72,10 @@ def run_isolated(
         outcome, result = _receive(process, receiver, time.monotonic() + time_limit, on_progress)
         if outcome == "timeout":
             error = f"the cell ran past its {time_limit:g} s time limit and was killed"
-            result = _failed(spec, started_at, "timeout", error)
-        elif outcome == "crashed":
-            result = _failed(spec, started_at, "crashed", _death_reason(process, stderr_path))
-        return outcome, result
+            return outcome, _failed(spec, started_at, "timeout", error)
+        if outcome == "crashed":
+            return outcome, _failed(spec, started_at, "crashed", _death_reason(process, stderr_path))
+        return outcome, CellResult(**result) if result is not None else None
     finally:
         if process.is_alive():
             process.kill()
@@ -123,28 +122,20 @@ def _tail(path: str) -> str:
     return " ".join(text.split())[-STDERR_TAIL_CHARS:]
 
 
-def _failed(spec: CellSpec, started_at: str, error_type: str, error: str) -> dict[str, Any]:
-    result = CellResult.for_spec(
-        spec,
-        status="failed",
-        error_type=error_type,
-        error=error,
-        host=host_name(),
-        started_at=started_at,
-        finished_at=utc_now(),
-    )
-    return result.to_dict()
+def _failed(spec: CellSpec, started_at: str, error_type: str, error: str) -> CellResult:
+    return CellResult.failed(spec, error_type, error, host=host_name(), started_at=started_at, finished_at=utc_now())
 
 
 def _cell_process(spec: dict[str, Any], sender, stderr_path: str, fault: str | None) -> None:
     """Runs in the forked process: stdout and stderr go to a file whose tail explains a crash."""
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the forkserver, i.e. the worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is the worker's to handle, not the cell's
     gc.freeze()  # what the forkserver imported is never garbage: keep collections of this process short
     descriptor = os.open(stderr_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(descriptor, 1)
     os.dup2(descriptor, 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-    from worker.cell import run_cell
+    from worker.engine.run import run_cell
 
     _inject(fault)
 

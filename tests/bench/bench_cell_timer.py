@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils import benchmark
 
-from shared.models import build_model, make_inputs
 from shared.spec import CellSpec
-from worker.cell import run_cell
+from worker.engine.models import build_model, make_inputs
+from worker.engine.run import run_cell
 
 
 def torch_benchmark_median_ms(model_name: str, image_size: int, seconds: float) -> float:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from producer.services import local_workers, private_redis
+from producer.sweep import SweepRequest, create
+from shared.connection import connect
+from shared.services import local_workers, private_redis
 from shared.spec import CellSpec
 
 CELL = CellSpec(
@@ -45,15 +47,19 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch, private_redis(Path(scratch) / "redis") as url:
-        from worker.app import app, use_redis
+        from shared.celery_app import app, use_redis
 
         use_redis(url)
         with local_workers(app, url, Path(scratch) / "worker.log"):
             vs_timed, vs_cell = [], []
+            client = connect(url)
+            options = {k: v for k, v in CELL.to_dict().items() if k not in ("optimization", "batch_size", "device")}
+            request = SweepRequest(("baseline",), (CELL.batch_size,), cell_options=options, repeats=1)
             for index in range(args.cells + 1):  # the first cell warms the forkserver's imports: dropped
                 sent = time.time()
-                kwargs = {"sweep_id": "bench", "cell_id": f"c{index}", "attempt": 1, "spec": CELL.to_dict()}
-                task = app.send_task("optbench.run_cell", kwargs=kwargs, queue="cpu")
+                sweep = create(app, client, request, "cpu", ttl=3600)  # a one-run sweep: manifest, then enqueue
+                [run] = sweep.runs.values()
+                task = app.AsyncResult(run.task_id)
                 result = task.get(timeout=300)["result"]
                 assert result["status"] == "ok", result
                 stored = app.backend.get_task_meta(task.id)["date_done"]

@@ -15,13 +15,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 from celery import Celery
 
-from producer.services import private_redis
 from producer.sweep import SweepRequest, create
-from results.collect import FINISHED, collect, sweep_rows
+from results.collect import collect
 from shared import manifest
 from shared.connection import connect
+from shared.services import private_redis
+from shared.state import FINISHED, sweep_rows
 from tests.conftest import TINY_CELL_OPTIONS, start_workers, stop_workers
 from tests.test_reliability import FAST  # quick redelivery, as the reliability tests use
 
@@ -34,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     batch_sizes = tuple(range(1, args.cells // 2 + 1))
     request = SweepRequest(
-        ("baseline", "channels_last"), batch_sizes, cell_options={**TINY_CELL_OPTIONS, "min_iters": 1}
+        ("baseline", "channels_last"), batch_sizes, cell_options={**TINY_CELL_OPTIONS, "min_iters": 1}, repeats=1
     )
     with tempfile.TemporaryDirectory() as scratch, private_redis(Path(scratch) / "redis") as url:
         app, client = Celery(broker=url, backend=url), connect(url)
@@ -56,21 +58,21 @@ def main() -> None:
                     next_kill = time.monotonic() + args.kill_every
                 time.sleep(0.5)
             wall = time.monotonic() - started
-            frame, _ = collect(app.backend, manifest.load(client, sweep.id), Path(scratch), False)
+            frame = pd.read_csv(collect(app.backend, manifest.load(client, sweep.id), Path(scratch), False).runs)
         finally:
             for process in hosts.values():
                 stop_workers(process)
     statuses = Counter(frame["status"])
-    duplicates = int(frame["cell_id"].duplicated().sum())
-    lost = len(sweep.cells) - sum(statuses[s] for s in FINISHED)
+    duplicates = int(frame["run_id"].duplicated().sum())
+    lost = len(sweep.runs) - sum(statuses[s] for s in FINISHED)
     redelivered = int((frame["tries"].fillna(1) > 1).sum())
     print(
-        f"{len(sweep.cells)} cells, {kills} worker kills (SIGKILL to a whole group, then restart): "
+        f"{len(sweep.runs)} cells (one run each), {kills} worker kills (SIGKILL to a whole group, then restart): "
         f"{statuses['ok']} ok, {statuses['failed']} failed, {lost} lost, {duplicates} duplicate rows, "
         f"{redelivered} redelivered after a kill, wall {wall:.0f} s"
     )
     for _, row in frame[frame["status"] == "failed"].iterrows():
-        print(f"  failed {row['cell_id']}: {row['error_type']}: {row['error']}")
+        print(f"  failed {row['run_id']}: {row['error_type']}: {row['error']}")
 
 
 if __name__ == "__main__":

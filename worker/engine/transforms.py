@@ -1,9 +1,8 @@
-"""Optimizations: named transforms of a prepared model that compose left to right with `+`.
+"""How each optimization prepares a model: named transforms that compose left to right with `+`.
 
-Each optimization is a small function from a `Prepared` (model + the dtype, memory format and
-device its inputs must have) to a new `Prepared`. The registry at the bottom is the one list of
-what exists. `parse_chain("fp16+channels_last")` validates a name; `unsupported_reason` says why a
-chain can't run on a device, so that a cell reports `unsupported` instead of running elsewhere.
+Each transform is a small function from a `Prepared` (model + the dtype, memory format and device
+its inputs must have) to a new `Prepared`. Which optimizations exist, how they compose and where
+they run is the catalogue's (`shared/catalogue.py`); `TRANSFORMS` maps each of its names to code.
 """
 
 from __future__ import annotations
@@ -18,11 +17,16 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from shared.errors import OptbenchError
-from shared.models import make_inputs
+from worker.engine.models import make_inputs
+from worker.engine.precision import set_tf32, tf32_unsupported_reason
 
 if TYPE_CHECKING:
+    from shared.catalogue import Optimization
     from shared.spec import CellSpec
+
+# Structured pruning keeps channel counts that are multiples of this: fp16/bf16 tensor-core kernels
+# (cuDNN, cuBLAS) need multiples of 8, and an odd count falls back to slower kernels.
+PRUNE_ROUND_TO = 8
 
 
 @dataclass(frozen=True)
@@ -45,19 +49,6 @@ class Prepared:
         )
 
 
-@dataclass(frozen=True)
-class Optimization:
-    name: str
-    apply: Callable[[Prepared, CellSpec], Prepared]
-    summary: str
-    devices: tuple[str, ...] = ("cpu", "cuda")
-    # Sets the numeric format of weights and activations; a chain holds at most one.
-    sets_precision: bool = False
-    # Wraps the model in a graph (TorchScript, torch.compile) that hides its modules and tensors;
-    # it must come last, and size and FLOPs are read from the model before it.
-    opaque: bool = False
-
-
 def _baseline(prepared: Prepared, spec: CellSpec) -> Prepared:
     return prepared
 
@@ -67,6 +58,16 @@ def _to_dtype(dtype: torch.dtype) -> Callable[[Prepared, CellSpec], Prepared]:
         return replace(prepared, model=prepared.model.to(dtype), dtype=dtype)
 
     return apply
+
+
+def _tf32(prepared: Prepared, spec: CellSpec) -> Prepared:
+    """Let fp32 convolutions and matmuls use TF32 (tensor cores, Ampere+); the model stays fp32.
+
+    The fp32 reference was recorded before, in strict fp32, so fidelity shows what TF32 costs. On the
+    CPU this is torch's matmul precision `high`, which oneDNN honours only where the CPU has it.
+    """
+    set_tf32(True)
+    return prepared
 
 
 def _channels_last(prepared: Prepared, spec: CellSpec) -> Prepared:
@@ -87,7 +88,7 @@ def _prune_structured(prepared: Prepared, spec: CellSpec) -> Prepared:
     """Remove whole conv channels (L1 magnitude) with torch-pruning, which follows DenseNet's concats.
 
     Linear layers keep their outputs so the model still predicts the same classes; the output shape
-    is checked before and after.
+    is checked before and after. Kept channel counts are rounded down to multiples of PRUNE_ROUND_TO.
     """
     import torch_pruning
 
@@ -101,6 +102,7 @@ def _prune_structured(prepared: Prepared, spec: CellSpec) -> Prepared:
         importance=torch_pruning.importance.MagnitudeImportance(p=1),
         pruning_ratio=spec.prune_amount,
         ignored_layers=[m for m in model.modules() if isinstance(m, nn.Linear)],
+        round_to=PRUNE_ROUND_TO,
     )
     pruner.step()
     model.eval()
@@ -139,68 +141,33 @@ def _compile(prepared: Prepared, spec: CellSpec) -> Prepared:
     return replace(prepared, model=torch.compile(prepared.model, mode=mode))
 
 
-REGISTRY: dict[str, Optimization] = {
-    opt.name: opt
-    for opt in [
-        Optimization("baseline", _baseline, "fp32 eager, eval() and inference_mode"),
-        Optimization("fp16", _to_dtype(torch.float16), "model and inputs cast to float16", sets_precision=True),
-        Optimization("bf16", _to_dtype(torch.bfloat16), "model and inputs cast to bfloat16", sets_precision=True),
-        Optimization("channels_last", _channels_last, "NHWC memory format for model and inputs"),
-        Optimization("prune", _prune_unstructured, "L1 unstructured pruning of conv/linear weights (zeros)"),
-        Optimization("prune_structured", _prune_structured, "conv channels removed (torch-pruning, L1)"),
-        Optimization(
-            "dynamic_quant",
-            _dynamic_quant,
-            "nn.Linear int8 dynamic quantization (CPU only)",
-            devices=("cpu",),
-            sets_precision=True,
-        ),
-        Optimization("torchscript", _torchscript, "torch.jit.script + torch.jit.freeze", opaque=True),
-        Optimization("compile", _compile, "torch.compile (mode from --compile-mode)", opaque=True),
-    ]
+# The transform of each optimization in the catalogue (`shared/catalogue.py`), by name.
+TRANSFORMS: dict[str, Callable[[Prepared, CellSpec], Prepared]] = {
+    "baseline": _baseline,
+    "tf32": _tf32,
+    "fp16": _to_dtype(torch.float16),
+    "bf16": _to_dtype(torch.bfloat16),
+    "channels_last": _channels_last,
+    "prune": _prune_unstructured,
+    "prune_structured": _prune_structured,
+    "dynamic_quant": _dynamic_quant,
+    "torchscript": _torchscript,
+    "compile": _compile,
 }
-
-
-def parse_chain(text: str) -> list[Optimization]:
-    """`fp16+channels_last` -> the two optimizations, after checking the chain makes sense."""
-    if not isinstance(text, str) or not text.strip():
-        raise OptbenchError(f"optimization must be a non-empty name such as baseline (got {text!r})")
-    names = [part.strip() for part in text.split("+")]
-    unknown = [name for name in names if name not in REGISTRY]
-    if unknown:
-        raise OptbenchError(f"unknown optimization {unknown[0]!r}: valid names are {', '.join(REGISTRY)} (join with +)")
-    if len(set(names)) != len(names):
-        raise OptbenchError(f"optimization {text!r} names the same step twice")
-    chain = [REGISTRY[name] for name in names]
-    precisions = [opt.name for opt in chain if opt.sets_precision]
-    if len(precisions) > 1:
-        raise OptbenchError(f"optimization {text!r} sets the precision twice ({' and '.join(precisions)})")
-    if any(opt.opaque for opt in chain[:-1]):
-        raise OptbenchError(f"in {text!r}, torchscript or compile must be the last step")
-    if "baseline" in names and len(names) > 1:
-        raise OptbenchError(f"baseline is the plain fp32 model and can't be combined ({text!r})")
-    return chain
-
-
-def preferred_device(chain: list[Optimization], cuda_available: bool) -> str:
-    """The device `--device auto` resolves to: CUDA when present and every step runs there, else CPU."""
-    if cuda_available and all("cuda" in opt.devices for opt in chain):
-        return "cuda"
-    return "cpu"
-
-
-def unsupported_reason(chain: list[Optimization], device: str) -> str | None:
-    for opt in chain:
-        if device not in opt.devices:
-            return f"{opt.name} runs on {' and '.join(opt.devices)} only, not on {device}"
-    return None
 
 
 def apply_chain(chain: list[Optimization], prepared: Prepared, spec: CellSpec) -> tuple[Prepared, Prepared]:
     """Apply the steps in order. Returns (final, eager): `eager` is the model before an opaque step."""
     eager = prepared
     for opt in chain:
-        prepared = opt.apply(prepared, spec)
+        prepared = TRANSFORMS[opt.name](prepared, spec)
         if not opt.opaque:
             eager = prepared
     return prepared, eager
+
+
+def unsupported_here(chain: list[Optimization], device: torch.device) -> str | None:
+    """Why the chain can't run on this particular device, beyond the catalogue's device types (None if it can)."""
+    if any(opt.name == "tf32" for opt in chain):
+        return tf32_unsupported_reason(device)
+    return None

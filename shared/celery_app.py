@@ -1,6 +1,8 @@
-"""The Celery app: Redis as broker and result backend, JSON only, one unacknowledged cell per worker.
+"""The Celery app, which the producer, the collector, Flower and the worker all use.
 
-Start workers with `python -m worker` (one per GPU); `celery -A worker.app worker` is what it runs.
+Redis as broker and result backend, JSON only, one unacknowledged cell per worker. Importing it
+needs no torch: the task itself (`worker/tasks.py`) is imported only by workers (`include`).
+Start workers with `python -m worker` (one per GPU); `celery -A shared.celery_app worker` is what it runs.
 """
 
 from __future__ import annotations

@@ -10,21 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from shared.errors import OptbenchError
-
 log = logging.getLogger(__name__)
-
-
-def classification_models() -> list[str]:
-    return torchvision.models.list_models(module=torchvision.models)
-
-
-def check_model_name(name: str) -> None:
-    if name not in classification_models():
-        raise OptbenchError(
-            f"unknown model {name!r}: use a torchvision classification model such as densenet121, "
-            "resnet50 or mobilenet_v3_large (torchvision.models.list_models() lists them)"
-        )
 
 
 def cached_checkpoint(name: str) -> tuple[object, str] | None:

@@ -1,6 +1,7 @@
-"""Start what a sweep needs on this machine when it isn't running: a private Redis and local workers.
+"""Client plumbing both CLIs use: connect to Redis, and with `--start-missing` start what isn't running.
 
-Each is a context manager that yields and, on exit, stops only what it started itself.
+`session()` connects (and may start a private Redis and local workers); each service is a context
+manager that, on exit, stops only what it started itself, and says what it started.
 """
 
 from __future__ import annotations
@@ -16,14 +17,42 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
+from shared import config
 from shared.config import DEFAULT_REDIS_URL, redact
 from shared.connection import connect
 from shared.errors import OptbenchError
 
 log = logging.getLogger("optbench.services")
 RUN_DIR = Path("run")
+
+
+@dataclass
+class Session:
+    app: object
+    client: redis.Redis
+    settings: config.Settings
+    started: list[str] = field(default_factory=list)  # what this session started and will stop: "redis", "workers"
+
+
+@contextlib.contextmanager
+def session(start_missing: bool, need_workers: bool) -> Iterator[Session]:
+    """Connect to Redis (and with `start_missing`, start Redis and workers that aren't running)."""
+    from shared.celery_app import app, use_redis
+
+    settings = config.load()
+    with contextlib.ExitStack() as stack:
+        started: list[str] = []
+        url = stack.enter_context(redis_for_sweep(started=started)) if start_missing else settings.redis_url
+        client = stack.enter_context(contextlib.closing(connect(url)))
+        use_redis(url)
+        if start_missing and need_workers:
+            stack.enter_context(local_workers(app, url, RUN_DIR / "worker.log", started=started))
+        yield Session(app, client, settings, started)
 
 
 def free_port() -> int:
@@ -68,7 +97,7 @@ def private_redis(data_dir: Path, port: int | None = None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def redis_for_sweep(run_dir: Path = RUN_DIR) -> Iterator[str]:
+def redis_for_sweep(run_dir: Path = RUN_DIR, started: list[str] | None = None) -> Iterator[str]:
     """OPTBENCH_REDIS_URL when set (it must answer), else the default URL if it answers, else a private one."""
     explicit = os.environ.get("OPTBENCH_REDIS_URL")
     if explicit:
@@ -79,13 +108,17 @@ def redis_for_sweep(run_dir: Path = RUN_DIR) -> Iterator[str]:
         connect(DEFAULT_REDIS_URL, timeout=1.0).close()
     except OptbenchError:
         with private_redis(run_dir / "redis") as url:
+            if started is not None:
+                started.append("redis")
             yield url
         return
     yield DEFAULT_REDIS_URL
 
 
 @contextlib.contextmanager
-def local_workers(app, url: str, log_path: Path, timeout: float = 180.0) -> Iterator[None]:
+def local_workers(
+    app, url: str, log_path: Path, timeout: float = 180.0, started: list[str] | None = None
+) -> Iterator[None]:
     """Start `python -m worker` against `url` unless a worker already answers; stop it afterwards."""
     if app.control.ping(timeout=1.0):
         yield
@@ -98,10 +131,13 @@ def local_workers(app, url: str, log_path: Path, timeout: float = 180.0) -> Iter
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us alone; we stop the workers with one SIGTERM (warm)
         )
     try:
         _wait_for(lambda: app.control.ping(timeout=1.0) or None, timeout, "the local workers", process)
         log.info("started local workers (log: %s)", log_path)
+        if started is not None:
+            started.append("workers")
         yield
     finally:
         stop_process(process, timeout=60)

@@ -59,8 +59,13 @@ def probe_chunks(batch_size: int) -> int:
 
 @torch.inference_mode()
 def run_probe(model: nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
-    """The model's outputs over the probe batches as one fp32 tensor."""
-    return torch.cat([model(batch).float() for batch in batches])
+    """The model's outputs over the probe batches as one fp32 tensor.
+
+    Each output is copied before the next call: under CUDA graphs (torch.compile `reduce-overhead`)
+    a call returns the graph's static output buffer, which the next replay overwrites, and
+    `.float()` of an fp32 tensor is the same tensor, not a copy.
+    """
+    return torch.cat([model(batch).float().clone() for batch in batches])
 
 
 def fidelity(reference: torch.Tensor, outputs: torch.Tensor) -> dict[str, float | int]:

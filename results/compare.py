@@ -1,0 +1,276 @@
+"""`python -m results compare A B`: is sweep B faster or slower than sweep A, cell by cell?
+
+A and B are sweep ids (their `<results dir>/<id>_runs.csv`) or paths to runs CSVs. The cells both
+sweeps share (same model, optimization, batch size and image size) are compared on their ok runs.
+The runs of two sweeps are not blocks of one another (different rounds, perhaps different machines),
+so each ratio B/A is unpaired: Welch's t on the log values (see results/stats.py). A last row gives
+the geometric mean of the ratios over the cells, with a t-interval over the cells' log ratios.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from results.stats import Ratio, ratio_interval, usable_runs, value_interval, verdict, verdict_of
+from shared.cli import OneLineParser
+
+PROG = "python -m results compare"
+KEYS = ("model", "optimization", "batch_size", "image_size")
+GEOMETRIC_MEAN = "geometric mean"
+COLUMNS = (
+    "cell_id",
+    *KEYS,
+    "device_name_a",
+    "device_name_b",
+    "runs_a",
+    "runs_b",
+    "throughput_a",
+    "throughput_b",
+    "throughput_ratio",
+    "throughput_ratio_ci_low",
+    "throughput_ratio_ci_high",
+    "throughput_verdict",
+    "latency_ms_p50_a",
+    "latency_ms_p50_b",
+    "latency_ratio",
+    "latency_ratio_ci_low",
+    "latency_ratio_ci_high",
+    "latency_verdict",
+)
+
+
+class CompareError(ValueError):
+    """Bad input: reported as one line, exit status 2."""
+
+
+def _numeric(runs: pd.DataFrame, column: str) -> pd.Series:
+    if column not in runs.columns:
+        return pd.Series(math.nan, index=runs.index, dtype=float)
+    return pd.to_numeric(runs[column], errors="coerce").reset_index(drop=True)
+
+
+def _ok_cells(runs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    """The ok runs of each cell, by cell key, in order of first appearance."""
+    missing = [c for c in ("status", *KEYS) if c not in runs.columns]
+    if missing:
+        raise CompareError(f"runs CSV lacks the columns {', '.join(missing)}")
+    ok = usable_runs(runs)
+    return {key: group for key, group in ok.groupby(list(KEYS), sort=False, dropna=False)}
+
+
+def _first(runs: pd.DataFrame, column: str) -> object:
+    return runs[column].iloc[0] if column in runs.columns else math.nan
+
+
+def _cell_row(key: tuple, a: pd.DataFrame, b: pd.DataFrame, min_effect: float, confidence: float) -> dict:
+    throughput = ratio_interval(_numeric(b, "throughput_sps"), _numeric(a, "throughput_sps"), confidence, paired=False)
+    # Lower latency is better: the verdict is taken on A/B (> 1 better), the table shows B/A.
+    latency = ratio_interval(_numeric(a, "latency_ms_p50"), _numeric(b, "latency_ms_p50"), confidence, paired=False)
+    return {
+        "cell_id": _first(a, "cell_id"),
+        **dict(zip(KEYS, key, strict=True)),
+        "device_name_a": _first(a, "device_name"),
+        "device_name_b": _first(b, "device_name"),
+        "runs_a": len(a),
+        "runs_b": len(b),
+        "throughput_a": _numeric(a, "throughput_sps").median(),
+        "throughput_b": _numeric(b, "throughput_sps").median(),
+        "throughput_ratio": throughput.estimate,
+        "throughput_ratio_ci_low": throughput.low,
+        "throughput_ratio_ci_high": throughput.high,
+        "throughput_verdict": verdict(throughput, min_effect),
+        "latency_ms_p50_a": _numeric(a, "latency_ms_p50").median(),
+        "latency_ms_p50_b": _numeric(b, "latency_ms_p50").median(),
+        "latency_ratio": 1 / latency.estimate,
+        "latency_ratio_ci_low": 1 / latency.high,
+        "latency_ratio_ci_high": 1 / latency.low,
+        "latency_verdict": verdict(latency, min_effect),
+    }
+
+
+def _geometric_mean(ratios: pd.Series, confidence: float) -> Ratio:
+    """Geometric mean of per-cell ratios; a t-interval over the cells' log ratios when there are two or more."""
+    finite = ratios[np.isfinite(ratios) & (ratios > 0)]
+    if finite.empty:
+        return Ratio(math.nan, math.nan, math.nan, 0, "insufficient_runs")
+    low, high = value_interval(finite, confidence)
+    return Ratio(float(np.exp(np.log(finite).mean())), low, high, len(finite), "t_log_over_cells")
+
+
+def _summary_row(table: pd.DataFrame, min_effect: float, confidence: float) -> dict:
+    throughput = _geometric_mean(table["throughput_ratio"], confidence)
+    latency = _geometric_mean(table["latency_ratio"], confidence)
+    return {
+        "cell_id": GEOMETRIC_MEAN,
+        "runs_a": int(table["runs_a"].sum()),
+        "runs_b": int(table["runs_b"].sum()),
+        "throughput_ratio": throughput.estimate,
+        "throughput_ratio_ci_low": throughput.low,
+        "throughput_ratio_ci_high": throughput.high,
+        "throughput_verdict": verdict(throughput, min_effect),
+        "latency_ratio": latency.estimate,
+        "latency_ratio_ci_low": latency.low,
+        "latency_ratio_ci_high": latency.high,
+        "latency_verdict": verdict_of(1 / latency.high, 1 / latency.low, min_effect),
+    }
+
+
+def compare(
+    runs_a: pd.DataFrame, runs_b: pd.DataFrame, min_effect: float = 0.03, confidence: float = 0.95
+) -> pd.DataFrame:
+    """One row per cell both sweeps share (ratios B over A, with intervals and verdicts), then the geometric mean.
+
+    Raises CompareError when a frame lacks the key columns or the sweeps share no cell with ok runs.
+    """
+    cells_a, cells_b = _ok_cells(runs_a), _ok_cells(runs_b)
+    shared = [key for key in cells_a if key in cells_b]
+    if not shared:
+        raise CompareError("the two sweeps share no cell with ok runs (same model, optimization, batch and image size)")
+    rows = [_cell_row(key, cells_a[key], cells_b[key], min_effect, confidence) for key in shared]
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    summary = pd.DataFrame([_summary_row(table, min_effect, confidence)], columns=list(COLUMNS))
+    return pd.concat([table, summary], ignore_index=True)
+
+
+def regressions(table: pd.DataFrame, pct: float) -> list[str]:
+    """Cells whose throughput is significantly lower by more than `pct` percent (the interval's top under 1 - pct)."""
+    cells = table[table["cell_id"] != GEOMETRIC_MEAN]
+    return cells.loc[cells["throughput_ratio_ci_high"] < 1 - pct / 100, "cell_id"].astype(str).tolist()
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def runs_path(sweep: str, results_dir: Path) -> Path:
+    """A path as given when it names a CSV file (or exists), else `<results dir>/<sweep>_runs.csv`."""
+    given = Path(sweep)
+    if sweep.endswith(".csv") or given.is_file():
+        return given
+    return results_dir / f"{sweep}_runs.csv"
+
+
+def label(sweep: str) -> str:
+    """The name of a sweep in the output file: its id, or a CSV's stem without `_runs`."""
+    name = Path(sweep).name
+    if name.endswith(".csv"):
+        name = name[: -len(".csv")].removesuffix("_runs")
+    return name
+
+
+def read_runs(sweep: str, results_dir: Path) -> pd.DataFrame:
+    path = runs_path(sweep, results_dir)
+    if not path.is_file():
+        raise CompareError(f"no runs CSV at {path}: `python -m results collect --sweep {label(sweep)}` writes it")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CompareError(f"cannot read {path}: {exc}") from exc
+
+
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            table.to_csv(stream, index=False)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _interval_text(estimate: float, low: float, high: float) -> str:
+    if math.isnan(estimate):
+        return "-"
+    if math.isnan(low):
+        return f"{estimate:.3f}x"
+    return f"{estimate:.3f}x [{low:.3f}, {high:.3f}]"
+
+
+def _number(value: object) -> str:
+    return "" if pd.isna(value) else f"{value:,.1f}"
+
+
+def print_table(table: pd.DataFrame, name_a: str, name_b: str, min_effect: float) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    colours = {"faster": "green", "slower": "red", "no_difference": "dim"}
+    view = Table(title=f"{name_b} vs {name_a} (B/A, 95% intervals, minimum effect {min_effect:.0%})")
+    for heading in ("cell", "runs A/B", "throughput A", "throughput B", "throughput B/A", "", "p50 B/A", ""):
+        view.add_column(heading, justify="left" if heading in ("cell", "") else "right", no_wrap=True)
+    for row in table.to_dict("records"):
+        view.add_row(
+            escape(str(row["cell_id"])),
+            "" if pd.isna(row["runs_a"]) else f"{int(row['runs_a'])}/{int(row['runs_b'])}",
+            _number(row["throughput_a"]),
+            _number(row["throughput_b"]),
+            _interval_text(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"]),
+            f"[{colours.get(row['throughput_verdict'], '')}]{row['throughput_verdict']}[/]",
+            _interval_text(row["latency_ratio"], row["latency_ratio_ci_low"], row["latency_ratio_ci_high"]),
+            f"[{colours.get(row['latency_verdict'], '')}]{row['latency_verdict']}[/]",
+        )
+    # Piped (a CI log): wide enough never to cut a number; a terminal: its own width.
+    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(view)
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 100:
+        raise CompareError(f"--fail-on-regression wants a percentage in (0, 100), not {text!r}")
+    return value
+
+
+def _parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("a", help="sweep id or runs CSV of the reference sweep")
+    parser.add_argument("b", help="sweep id or runs CSV of the sweep compared with it")
+    parser.add_argument("--min-effect", type=float, default=0.03, help="smallest ratio change called (default 0.03)")
+    parser.add_argument("--fail-on-regression", metavar="PCT", help="exit 1 if a cell is slower by more than PCT%%")
+    parser.add_argument("--results-dir", help="folder of the runs CSVs (default $OPTBENCH_RESULTS_DIR or results)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad argument already reported in one line
+        return exc.code if isinstance(exc.code, int) else 2
+    results_dir = Path(args.results_dir or os.environ.get("OPTBENCH_RESULTS_DIR") or "results")
+    try:
+        pct = None if args.fail_on_regression is None else _percent(args.fail_on_regression)
+        if not 0 <= args.min_effect < 1:
+            raise CompareError(f"--min-effect wants a fraction in [0, 1), not {args.min_effect}")
+        table = compare(read_runs(args.a, results_dir), read_runs(args.b, results_dir), args.min_effect)
+    except CompareError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    name_a, name_b = label(args.a), label(args.b)
+    path = results_dir / f"compare-{name_a}-{name_b}.csv"
+    write_table(table, path)
+    print_table(table, name_a, name_b, args.min_effect)
+    print(f"wrote {path}")
+    if pct is None:
+        return 0
+    slower = regressions(table, pct)
+    if slower:
+        print(f"regressions: throughput lower by more than {pct:g}% in {', '.join(slower)}")
+        return 1
+    print(f"no cell's throughput is lower by more than {pct:g}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""One cell, start to end, in this process: `run_cell(spec)` returns its `CellResult`.
+
+The steps, in order (each reported through `on_progress` for the queue's progress display):
+1. resolve the device; an optimization that can't run there makes the result `unsupported`;
+2. loading: build the fp32 model on the device and record its outputs on a seeded probe batch;
+3. optimizing: apply the optimization chain and make the first call (compilation happens here,
+   timed as `prepare_seconds`), then read size, FLOPs and fidelity against the fp32 outputs;
+4. warmup, then measuring: the timed phase of `worker.engine.measure`, with memory and energy trackers,
+   then throughput: the back-to-back phase.
+Every cell first pins itself to its CPU cores (OPTBENCH_CPU_CORES) and sets fp32 math to strict IEEE
+(no TF32), so the baseline and the fidelity reference are true fp32; only the `tf32` step relaxes it.
+Anything raised inside a cell becomes a `failed` result with `error_type` and `error`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+from shared.catalogue import parse_chain, preferred_device, unsupported_reason
+from shared.environment import utc_now
+from shared.result import CellResult
+from shared.spec import CellSpec
+from worker.engine import measure
+from worker.engine.environment import pin_cpu_cores, snapshot
+from worker.engine.model_stats import fidelity, gflops_per_sample, probe_chunks, run_probe, size_stats
+from worker.engine.models import build_model
+from worker.engine.precision import set_tf32, tf32_flags
+from worker.engine.trackers import CpuMemory, CudaMemory, GpuEnergy, Noise, nvml_handle
+from worker.engine.transforms import PRUNE_ROUND_TO, Prepared, apply_chain, unsupported_here
+
+log = logging.getLogger("optbench.cell")
+
+OnProgress = Callable[..., None]  # on_progress(phase, **details)
+
+
+def run_cell(spec: CellSpec, on_progress: OnProgress | None = None) -> CellResult:
+    """Measure one cell in this process. Never raises for a failure inside the cell."""
+    report = on_progress or (lambda phase, **details: None)
+    chain = parse_chain(spec.optimization)
+    names = {opt.name for opt in chain}
+    result = CellResult.for_spec(
+        spec,
+        prune_amount=spec.prune_amount if names & {"prune", "prune_structured"} else None,
+        prune_round_to=PRUNE_ROUND_TO if "prune_structured" in names else None,
+        compile_mode=spec.compile_mode if "compile" in names else None,
+        started_at=utc_now(),
+    )
+    try:
+        _run(spec, chain, result, report)
+    except Exception as exc:  # a failed cell is a result, not a crash
+        log.exception("cell %s failed", spec.cell_id)
+        result.update({"status": "failed", "error_type": error_type(exc), "error": one_line(exc)})
+    result.finished_at = utc_now()
+    return result
+
+
+def _run(spec: CellSpec, chain: list, result: CellResult, report: OnProgress) -> None:
+    result.cpu_cores = pin_cpu_cores()
+    set_tf32(False)
+    cuda_available = torch.cuda.is_available()
+    device_type = preferred_device(chain, cuda_available) if spec.device == "auto" else spec.device
+    device = torch.device(device_type)
+    handle = None
+    if device_type == "cuda" and cuda_available:
+        torch.backends.cudnn.benchmark = True
+        handle = nvml_handle(device)
+    result.update(snapshot(device, handle))
+    reason = unsupported_reason(chain, device_type) or unsupported_here(chain, device)
+    if reason:
+        result.update({"status": "unsupported", "error_type": "unsupported_on_device", "error": reason})
+        return
+    if device_type == "cuda" and not cuda_available:
+        result.update({"error_type": "device_unavailable", "error": "CUDA is not available on this host"})
+        return
+
+    prepared, inputs = _prepare(spec, chain, device, result, report)
+    gc.collect()
+    if device_type == "cuda":
+        torch.cuda.empty_cache()
+
+    budget = measure.budget_for(
+        device_type,
+        warmup_iters=spec.warmup_iters,
+        warmup_seconds=spec.warmup_seconds,
+        min_iters=spec.min_iters,
+        min_seconds=spec.min_seconds,
+        target_spread=spec.target_spread,
+        max_seconds=spec.max_seconds,
+    )
+    timer = measure.timer_for(device_type)
+    memory = CudaMemory(device, handle) if device_type == "cuda" else CpuMemory()
+    energy = GpuEnergy(handle, on_gpu=device_type == "cuda")
+    noise = Noise(handle)
+
+    def progress(phase: str, calls: int, seconds: float) -> None:
+        report(phase, iterations=calls, elapsed=seconds)
+
+    def call() -> object:
+        return prepared.model(inputs)
+
+    with torch.inference_mode():
+        warmup = measure.warm_up(call, budget, timer, progress)
+        memory.reset()
+        energy.start()
+        noise.start()
+        latency = measure.time_calls(call, budget, timer, progress)
+        energy_read = energy.read()
+        back_to_back = measure.time_back_to_back(call, budget, latency, timer, progress)
+        result.update(noise.read())  # both phases: throughput_sps, which verdicts use, is the back-to-back one
+    result.update(latency.summary(spec.batch_size))
+    result.update(back_to_back.summary(spec.batch_size))
+    result.update(memory.read())
+    samples = latency.iterations * spec.batch_size
+    joules = energy_read["energy_j"]
+    result.update(
+        {
+            "status": "ok",
+            "warmup_iterations": warmup.iterations,
+            "warmup_seconds": warmup.seconds,
+            "target_spread": budget.target_spread,
+            "timer": timer.name,
+            "energy_j_per_sample": joules / samples if joules is not None else None,
+            "energy_source": energy_read["energy_source"],
+            "achieved_tflops": result.gflops_per_sample * result.throughput_sps / 1000.0,
+        }
+    )
+
+
+def _prepare(
+    spec: CellSpec, chain: list, device: torch.device, result: CellResult, report: OnProgress
+) -> tuple[Prepared, torch.Tensor]:
+    """Build, record fp32 probe outputs, optimize, make the first call, read size/FLOPs/fidelity."""
+    report("loading")
+    model, result.weights = build_model(spec.model, spec.weights, spec.seed)
+    fp32 = Prepared(model.to(device), device)
+    probe = [
+        fp32.inputs(spec.batch_size, spec.image_size, seed=spec.seed + 1 + i)
+        for i in range(probe_chunks(spec.batch_size))
+    ]
+    reference = run_probe(fp32.model, probe)
+
+    report("optimizing")
+    with _stopwatch() as apply_seconds:
+        prepared, eager = apply_chain(chain, fp32, spec)
+    if device.type == "cuda":
+        result.update(tf32_flags())  # as the timed calls run: the `tf32` step changes them
+    inputs = prepared.inputs(spec.batch_size, spec.image_size, seed=spec.seed)
+    with _stopwatch() as first_call_seconds, torch.inference_mode():
+        prepared.model(inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    result.prepare_seconds = apply_seconds() + first_call_seconds()
+
+    result.update(size_stats(eager.model))
+    result.gflops_per_sample = gflops_per_sample(eager.model, eager.inputs(1, spec.image_size, seed=spec.seed))
+    outputs = run_probe(
+        prepared.model, [b.to(dtype=prepared.dtype, memory_format=prepared.memory_format) for b in probe]
+    )
+    result.update(fidelity(reference, outputs))
+    return prepared, inputs
+
+
+@contextlib.contextmanager
+def _stopwatch() -> Iterator[Callable[[], float]]:
+    start = time.perf_counter()
+    end: list[float] = []
+    yield lambda: end[0] - start
+    end.append(time.perf_counter())
+
+
+# cuBLAS, cuDNN, cuFFT, cuSOLVER, cuSPARSE failing to allocate their workspace: also out of GPU memory.
+LIBRARY_ALLOC_FAILED = re.compile(r"\b[A-Z]+(?:_STATUS)?_ALLOC_FAILED\b")
+
+
+def error_type(exc: BaseException) -> str:
+    text = str(exc)
+    lower = text.lower()
+    if (
+        isinstance(exc, torch.cuda.OutOfMemoryError)
+        or "out of memory" in lower
+        or "can't allocate memory" in lower
+        or LIBRARY_ALLOC_FAILED.search(text)
+    ):
+        return "out_of_memory"
+    return type(exc).__name__
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:limit]
