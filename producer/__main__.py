@@ -31,7 +31,7 @@ from shared import manifest
 from shared.cli import SPEC_DEFAULTS, OneLineParser, add_cell_arguments, one_line_errors
 from shared.errors import OptbenchError
 from shared.services import Session, session
-from shared.state import FINISHED, sweep_rows
+from shared.state import sweep_rows
 
 PROG = "python -m producer"
 CELL_OPTIONS = [name for name in SPEC_DEFAULTS if name not in ("optimization", "batch_size", "device")]
@@ -57,10 +57,18 @@ def online_queues(app) -> set[str] | None:
     return {queue["name"] for queues in replies.values() for queue in queues}
 
 
-def active_task_ids(app) -> set[str]:
-    """Ids of the tasks that online workers are running now."""
-    replies = app.control.inspect(timeout=1.0).active() or {}
-    return {task["id"] for tasks in replies.values() for task in tasks}
+def lost_runs(s: Session, sweep: manifest.Sweep, rows: list[dict]) -> list[str]:
+    """Unfinished runs that nothing will finish: `running` on a worker that is gone, or `queued` in a
+    queue that holds no message (lost with a Redis that had no append-only file). Runs still in a
+    queue, or running on a live worker, are left alone: they go on by themselves."""
+    alive = {name for reply in s.app.control.ping(timeout=1.0) for name in reply}
+
+    def lost(row: dict) -> bool:
+        if row["status"] == "running":
+            return row.get("worker") not in alive
+        return row["status"] == "queued" and s.client.llen(sweep.runs[row["run_id"]].queue) == 0
+
+    return [row["run_id"] for row in rows if lost(row)]
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
@@ -132,21 +140,15 @@ def cmd_rerun(args: argparse.Namespace, console: Console, state: dict) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, console: Console, state: dict) -> int:
-    """Finish an interrupted sweep: start what is missing, send again its unfinished runs that no online
-    worker is running, wait, collect, report."""
+    """Finish an interrupted sweep: start what is missing, send again the unfinished runs nothing will
+    finish (`lost_runs`), wait, collect, report."""
     with session(args.start_missing, need_workers=True) as s:
         state["session"] = s
         sweep = manifest.load(s.client, args.sweep)
         state["sweep_id"] = sweep.id
-        rows = sweep_rows(s.app.backend, sweep)
-        active = active_task_ids(s.app)
-        unfinished = [
-            row["run_id"]
-            for row in rows
-            if row["status"] not in FINISHED and sweep.runs[row["run_id"]].task_id not in active
-        ]
+        unfinished = lost_runs(s, sweep, sweep_rows(s.app.backend, sweep))
         if unfinished:
-            # A new attempt of each: a copy still in a queue is then stale and acknowledged without running.
+            # A new attempt of each: a copy that turns up later is stale and acknowledged without running.
             _requeue(s, sweep, unfinished, console)
         else:
             console.print(f"sweep {sweep.id} has no unfinished runs: collecting it")
@@ -274,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, console, state)
     except Stalled as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        s: Session | None = state.get("session")
+        after = f"; resume it with `make resume SWEEP={state['sweep_id']}`" if s is not None and s.started else ""
+        print(f"{PROG}: error: {exc}{after}", file=sys.stderr)
         return 3
     except (KeyboardInterrupt, Interrupted) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT

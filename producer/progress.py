@@ -107,8 +107,13 @@ def wait(
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("starting", total=None)
         while True:
-            sweep = manifest.load(client, sweep_id)  # a rerun may have changed a run's task meanwhile
-            rows = sweep_rows(backend, sweep)
+            try:
+                sweep = manifest.load(client, sweep_id)  # a rerun may have changed a run's task meanwhile
+                rows = sweep_rows(backend, sweep)
+            except redis.ConnectionError as exc:  # Redis restarting: the workers reconnect, and so do we
+                progress.console.print(f"[yellow]Redis unreachable ({exc}); retrying[/]", highlight=False)
+                time.sleep(5 * POLL_SECONDS)
+                continue
             for row in rows:
                 if row["status"] in FINISHED and announced.get(row["run_id"]) != row["attempts"]:
                     announced[row["run_id"]] = row["attempts"]
@@ -121,14 +126,13 @@ def wait(
             now = time.monotonic()
             if now >= next_queue_check:
                 unserved, next_queue_check = unserved_queues(sweep, rows, online_queues()), now + QUEUE_CHECK_SECONDS
-            state = [(row["run_id"], row["attempts"], row["status"], row.get("phase")) for row in rows]
+            state = [(r["run_id"], r["attempts"], r["status"], r.get("phase"), r.get("iterations")) for r in rows]
             if state != last_state:
                 last_state, last_change = state, now
             elif now - last_change > stall_seconds:
                 why = describe_unserved(unserved) or "no run started, advanced or finished"
                 raise Stalled(
-                    f"sweep {sweep_id} made no progress for {stall_seconds:g} s ({why}); "
-                    f"its runs stay enqueued: `python -m producer status --sweep {sweep_id}`"
+                    f"sweep {sweep_id} made no progress for {stall_seconds:g} s ({why}); its runs stay enqueued"
                 )
             description = (
                 f"{counts['ok']} ok, {counts['failed']} failed, {counts['unsupported']} unsupported, "

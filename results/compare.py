@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from results.collect import write_csv
 from results.stats import Ratio, ratio_interval, usable_runs, value_interval, verdict, verdict_of
 from shared.cli import OneLineParser
 
@@ -174,19 +174,6 @@ def read_runs(sweep: str, results_dir: Path) -> pd.DataFrame:
         raise CompareError(f"cannot read {path}: {exc}") from exc
 
 
-def write_table(table: pd.DataFrame, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a CSV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            table.to_csv(stream, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _interval_text(estimate: float, low: float, high: float) -> str:
     if math.isnan(estimate):
         return "-"
@@ -259,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name_a, name_b = label(args.a), label(args.b)
     path = results_dir / f"compare-{name_a}-{name_b}.csv"
-    write_table(table, path)
+    write_csv(table, path)
     print_table(table, name_a, name_b, args.min_effect)
     print(f"wrote {path}")
     if pct is None:

@@ -41,7 +41,7 @@ MAX_ERROR_CHARS = 300
 OPTIONAL_COLUMNS = (
     "device", "device_name", "weights", "error_type", "error", "model_size_mb", "model_size_compressed_mb",
     "top1_agreement", "max_abs_error", "cosine_similarity", "iterations", "measure_seconds",
-    "noise_cpu_wait_fraction", "noise_load_avg", "noise_gpu_other_processes",
+    "noise_cpu_wait_fraction", "noise_cpu_steal_fraction", "noise_load_avg", "noise_gpu_other_processes",
 )  # fmt: skip
 
 
@@ -477,6 +477,9 @@ def _contended_line(run: pd.Series, cite: Citations) -> str:
     if not pd.isna(run.get("noise_cpu_wait_fraction")):
         waited = cite.quote_run(run_id, "noise_cpu_wait_fraction", 1, 100, "%")
         parts.append(f"waited for a CPU {waited} of its runnable time")
+    if not pd.isna(run.get("noise_cpu_steal_fraction")):
+        stolen = cite.quote_run(run_id, "noise_cpu_steal_fraction", 1, 100, "%")
+        parts.append(f"its VM lost {stolen} of the host's CPU time to the hypervisor")
     if not pd.isna(run.get("noise_load_avg")):
         parts.append(f"load average {cite.quote_run(run_id, 'noise_load_avg')}")
     if not pd.isna(run.get("noise_gpu_other_processes")):
@@ -494,6 +497,8 @@ def _noise_advice(
             "Runs that waited for a CPU timed a busy host as much as the model: re-run their cells on a quiet "
             "host, or pin each worker to its own cores."
         )
+    if (numeric(flagged, "noise_cpu_steal_fraction") >= stats.CONTENDED_STEAL_FRACTION).any():
+        advice.append("Runs whose VM lost CPU time to its hypervisor (steal): measure on dedicated hardware.")
     shared = numeric(flagged, "noise_gpu_other_processes")
     if (shared >= 1).any():
         advice.append("Runs that shared their GPU with other processes: re-run them when nothing else uses the GPU.")
@@ -513,7 +518,7 @@ def _quiet_summary(flagged: pd.DataFrame, cv: pd.Series, ok: pd.DataFrame, cite:
     elif recorded:
         contention = (
             f"No run showed contention (none waited for a CPU `{percent(stats.CONTENDED_WAIT_FRACTION)}` of its "
-            "runnable time or more, none shared its GPU); "
+            "runnable time or more, none lost that much to steal, none shared its GPU); "
         )
     else:
         contention = "No run recorded contention measurements, so contention can't be ruled out; "

@@ -42,6 +42,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 CONTENDED_WAIT_FRACTION = 0.10  # a run waited for a CPU this fraction of its runnable time or more
+CONTENDED_STEAL_FRACTION = 0.10  # ... or its VM lost this share of the host's CPU time to the hypervisor
 HIGH_CV = 0.05  # run-to-run coefficient of variation above which a cell's runs disagree notably
 
 LEAD_COLUMNS = ("sweep_id", "cell_id", "status", "repeats", "repeats_ok", "attempts", "failed_runs")
@@ -180,8 +181,9 @@ def _column(runs: pd.DataFrame, name: str) -> pd.Series:
 def contended(runs: pd.DataFrame) -> pd.Series:
     """Per run: did it run under contention (waited for a CPU >= 10% of the time, or shared the GPU)?"""
     waited = _column(runs, "noise_cpu_wait_fraction") >= CONTENDED_WAIT_FRACTION
+    stolen = _column(runs, "noise_cpu_steal_fraction") >= CONTENDED_STEAL_FRACTION
     shared_gpu = _column(runs, "noise_gpu_other_processes") >= 1
-    return (waited | shared_gpu).astype(bool)
+    return (waited | stolen | shared_gpu).astype(bool)
 
 
 def usable_runs(runs: pd.DataFrame) -> pd.DataFrame:

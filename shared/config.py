@@ -38,8 +38,18 @@ def load() -> Settings:
         unacked_restore_interval=float(os.environ.get("OPTBENCH_UNACKED_RESTORE_INTERVAL", "10")),
         unacked_restore_throttle=int(os.environ.get("OPTBENCH_UNACKED_RESTORE_THROTTLE", "10")),
         unacked_mutex_expire=int(os.environ.get("OPTBENCH_UNACKED_MUTEX_EXPIRE", "300")),
-        stall_timeout=float(os.environ.get("OPTBENCH_STALL_TIMEOUT", str(limit + 60))),
+        stall_timeout=float(os.environ.get("OPTBENCH_STALL_TIMEOUT", str(_redelivery_bound(limit) + 60))),
     )
+
+
+def _redelivery_bound(limit: float) -> float:
+    """The longest a run can sit unfinished without anything changing: a cell at its time limit, or the
+    Redis transport's redelivery of a lost worker's run (visibility timeout + one restore scan + its lock)."""
+    visibility = float(os.environ.get("OPTBENCH_VISIBILITY_TIMEOUT", str(2 * limit + 600)))
+    scan = float(os.environ.get("OPTBENCH_UNACKED_RESTORE_INTERVAL", "10")) * int(
+        os.environ.get("OPTBENCH_UNACKED_RESTORE_THROTTLE", "10")
+    )
+    return max(limit, visibility + scan + int(os.environ.get("OPTBENCH_UNACKED_MUTEX_EXPIRE", "300")))
 
 
 def redact(url: str) -> str:

@@ -69,6 +69,7 @@ class CellResult:
     fidelity_samples: int | None = None
     # What else the machine was doing during the timed phase (see worker/engine/trackers.py, `Noise`)
     noise_cpu_wait_fraction: float | None = None
+    noise_cpu_steal_fraction: float | None = None
     noise_load_avg: float | None = None
     noise_gpu_sm_clock_mhz: float | None = None
     noise_gpu_other_processes: int | None = None

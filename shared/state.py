@@ -48,6 +48,7 @@ def run_row(sweep: Sweep, entry: RunEntry, meta: dict[str, Any]) -> dict[str, An
     elif state in ("STARTED", "PROGRESS"):
         info = meta.get("result") or {}
         row.update(status="running", worker=meta.get("worker") or info.get("hostname"), phase=info.get("phase"))
+        row["iterations"] = info.get("iterations")  # advancing within a phase (PROGRESS, about once a second)
     else:
         row["status"] = "queued"
     return row

@@ -141,7 +141,7 @@ def wait_for_sweep(app, client, sweep_id: str, timeout: float = 240) -> list[dic
         if all(row["status"] in FINISHED for row in rows):
             return rows
         time.sleep(0.5)
-    raise AssertionError(f"sweep {sweep_id} unfinished: {[(r['cell_id'], r['status']) for r in rows]}")
+    raise AssertionError(f"sweep {sweep_id} unfinished: {[(r['run_id'], r['status']) for r in rows]}")
 
 
 def run_cli(module: str, *args: str, env: dict[str, str], cwd: Path = REPO, timeout: float = 300):

@@ -36,6 +36,12 @@ def test_the_final_image_has_a_c_compiler_and_python_headers_for_triton():
     assert {"gcc", "libc6-dev", "python3-dev"} <= set(installs), installs  # or compile cells fail at run time
 
 
+def test_the_image_installs_the_worker_side_not_only_the_client():
+    # `pip install .` is the torch-free client: a worker image needs the `worker` extra.
+    installs = [line for line in (REPO / "Dockerfile.gpu").read_text().splitlines() if "pip install" in line]
+    assert any("'.[worker]'" in line for line in installs), installs
+
+
 def test_the_worker_shares_the_host_pid_namespace_so_nvml_lists_its_cells():
     from ruamel.yaml import YAML  # check-jsonschema's YAML parser
 

@@ -185,13 +185,13 @@ def test_duplicate_or_stale_deliveries_never_add_or_replace_rows(app, redis_clie
     # The stale attempt was acknowledged without running: no measurement, no cell process.
     assert late["superseded"] and late["result"]["error_type"] == "superseded"
     assert late["result"]["started_at"] is None and late["result"]["latency_ms_p50"] is None
+    # Its result is stored already: the duplicate is acknowledged without running, and the result stays.
+    done = f"run baseline@bs1#1 of sweep {sweep.id}: already done, not run again"
     deadline = time.monotonic() + 60
-    while True:  # wait until the duplicate has run and stored its result
-        meta = app.backend.get_task_meta(second.task_id)
-        if meta["status"] == "SUCCESS" and meta["result"]["result"]["started_at"] != measured_before:
-            break
-        assert time.monotonic() < deadline, meta
+    while not any(done in log.read_text() for log in hosts.logs.glob("*.log")):
+        assert time.monotonic() < deadline, "the duplicate of attempt 2 was never handled"
         time.sleep(0.2)
+    assert app.backend.get_task_meta(second.task_id)["result"]["result"]["started_at"] == measured_before
     frame = collect(app.backend, manifest.load(redis_client, sweep.id), tmp_path, False).frame
     assert len(frame) == 1
     row = frame.iloc[0]
@@ -218,7 +218,9 @@ def test_a_redis_restart_mid_sweep_loses_no_result(tmp_path):
             client = connect(url)
             sweep = create(app, client, request, "cpu", ttl=3600)
             first = sweep.runs["baseline@bs1#1"].task_id
-            while app.backend.get_task_meta(first)["status"] != "SUCCESS":
+            deadline = time.monotonic() + 120
+            while (status := app.backend.get_task_meta(first)["status"]) != "SUCCESS":
+                assert status != "FAILURE" and time.monotonic() < deadline, status
                 time.sleep(0.2)
             client.close()
         except BaseException:

@@ -2,6 +2,7 @@
 
 What happens to a run, in order:
 - its arguments are validated (`CellTask.from_kwargs`): a bad one is a failed result (`invalid_spec`), nothing runs;
+- a task whose result is already stored (a redelivery after a lost acknowledgement) is not run again;
 - a newer attempt sent without the producer (Flower's async-apply) becomes the run's current one; an
   older or duplicate attempt, or a run no manifest knows, is acknowledged without running (`superseded`);
 - its delivery is counted in Redis; past OPTBENCH_MAX_TRIES deliveries of the same attempt (its
@@ -48,6 +49,10 @@ def run_cell(self, **kwargs: Any) -> dict:
         log.warning("rejected task %s: %s", self.request.id, exc)
         return _envelope(self, kwargs, CellResult.failed(kwargs.get("spec") or {}, "invalid_spec", str(exc)))
 
+    stored = app.backend.get_task_meta(self.request.id)
+    if stored["status"] == "SUCCESS":  # a redelivery of a task whose result is stored (its ack was lost)
+        log.info("run %s of sweep %s: already done, not run again", task.run_id, task.sweep_id)
+        return stored["result"]
     if not manifest.claim(app.backend.client, task.sweep_id, task.run_id, task.attempt, self.request.id):
         log.info("run %s of sweep %s, attempt %d, is not current: not run", task.run_id, task.sweep_id, task.attempt)
         error = "a newer attempt of this run is current (or no sweep lists it): acknowledged without running"

@@ -242,7 +242,8 @@ class Noise:
     waited for a CPU (Linux schedstat): near 0 on a quiet machine, large when another process (or
     another cell) competes for the cores; null when the threads were runnable under 0.2 s in all
     (a single wake-up is then a large fraction). It covers the per-call and back-to-back phases.
-    `noise_load_avg`: the 1-minute load average at the end.
+    `noise_cpu_steal_fraction`: of all CPU time on the host meanwhile, the share a hypervisor stole
+    from this VM (/proc/stat). `noise_load_avg`: the 1-minute load average at the end.
     With a GPU (NVML), read at the end of the phase: `noise_gpu_sm_clock_mhz` (the SM clock: low
     means throttled or idle), `noise_gpu_other_processes` (processes other than this one on the
     GPU or MIG instance) and `gpu_power_limit_w` (the enforced power limit).
@@ -252,18 +253,28 @@ class Noise:
         self.nvml = nvml
 
     def start(self) -> None:
-        self.start_ns = _schedstat_ns()
+        self.start_ns, self.start_steal = _schedstat_ns(), _host_cpu_ticks()
 
     def read(self) -> dict[str, float | int | None]:
         on_cpu, waiting = (end - start for end, start in zip(_schedstat_ns(), self.start_ns, strict=True))
         runnable = on_cpu + waiting
         # Over a few milliseconds one wake-up or one context switch is a large fraction: too short to tell.
         measurable = runnable >= MIN_RUNNABLE_NS_FOR_WAIT_FRACTION
+        steal, total = (end - start for end, start in zip(_host_cpu_ticks(), self.start_steal, strict=True))
         return {
             "noise_cpu_wait_fraction": waiting / runnable if measurable else None,
+            "noise_cpu_steal_fraction": steal / total if measurable and total > 0 else None,
             "noise_load_avg": os.getloadavg()[0],
             **gpu_noise(self.nvml),
         }
+
+
+def _host_cpu_ticks() -> tuple[int, int]:
+    """(steal, all) CPU ticks of the host so far (/proc/stat): steal is time a hypervisor gave our vCPUs away."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    steal = fields[7] if len(fields) > 7 else 0
+    return steal, sum(fields[:8])
 
 
 def gpu_noise(nvml: NvmlDevice | None, pid: int | None = None) -> dict[str, float | int | None]:
