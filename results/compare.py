@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from results.collect import write_csv
-from results.stats import Ratio, ratio_interval, usable_runs, value_interval, verdict, verdict_of
+from results.stats import Ratio, numeric, ratio_interval, usable_runs, value_interval, verdict, verdict_of
 from shared.cli import OneLineParser
 
 PROG = "python -m results compare"
@@ -51,9 +51,7 @@ class CompareError(ValueError):
 
 
 def _numeric(runs: pd.DataFrame, column: str) -> pd.Series:
-    if column not in runs.columns:
-        return pd.Series(math.nan, index=runs.index, dtype=float)
-    return pd.to_numeric(runs[column], errors="coerce").reset_index(drop=True)
+    return numeric(runs, column).reset_index(drop=True)
 
 
 def _ok_cells(runs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:

@@ -33,6 +33,7 @@ import pandas as pd
 from matplotlib.patches import Rectangle
 
 from results import stats
+from results.stats import numeric
 
 BASELINE = stats.BASELINE
 CONFIDENCE = 0.95  # of every interval the report quotes (the cells CSV's intervals are aggregate's default)
@@ -165,13 +166,6 @@ class Citations:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-
-
-def numeric(frame: pd.DataFrame, column: str) -> pd.Series:
-    """A numeric column, all-NaN when the frame lacks it."""
-    if column not in frame.columns:
-        return pd.Series(math.nan, index=frame.index, dtype=float)
-    return pd.to_numeric(frame[column], errors="coerce")
 
 
 def with_memory(frame: pd.DataFrame) -> pd.DataFrame:

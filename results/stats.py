@@ -171,8 +171,8 @@ def value_interval(values: pd.Series, confidence: float = 0.95) -> tuple[float, 
     return _t_interval(float(logs.mean()), float(logs.std(ddof=1)) / math.sqrt(len(logs)), len(logs) - 1, confidence)
 
 
-def _column(runs: pd.DataFrame, name: str) -> pd.Series:
-    """A numeric column, all-NaN when the CSV lacks it (older CSVs have no noise columns)."""
+def numeric(runs: pd.DataFrame, name: str) -> pd.Series:
+    """A numeric column, all-NaN when the frame lacks it (older CSVs have no noise columns)."""
     if name not in runs.columns:
         return pd.Series(math.nan, index=runs.index, dtype=float)
     return pd.to_numeric(runs[name], errors="coerce")
@@ -180,9 +180,9 @@ def _column(runs: pd.DataFrame, name: str) -> pd.Series:
 
 def contended(runs: pd.DataFrame) -> pd.Series:
     """Per run: did it run under contention (waited for a CPU >= 10% of the time, or shared the GPU)?"""
-    waited = _column(runs, "noise_cpu_wait_fraction") >= CONTENDED_WAIT_FRACTION
-    stolen = _column(runs, "noise_cpu_steal_fraction") >= CONTENDED_STEAL_FRACTION
-    shared_gpu = _column(runs, "noise_gpu_other_processes") >= 1
+    waited = numeric(runs, "noise_cpu_wait_fraction") >= CONTENDED_WAIT_FRACTION
+    stolen = numeric(runs, "noise_cpu_steal_fraction") >= CONTENDED_STEAL_FRACTION
+    shared_gpu = numeric(runs, "noise_gpu_other_processes") >= 1
     return (waited | stolen | shared_gpu).astype(bool)
 
 
@@ -212,13 +212,13 @@ def _text(value: object) -> str:
 def _representative(column: str, cell: pd.DataFrame, ok: pd.DataFrame) -> object:
     """A cell's value of one per-run column: median, sum, worst, or the first ok (else first) run's."""
     if column in MEDIAN_COLUMNS or column.startswith(MEDIAN_PREFIXES):
-        return _column(ok, column).median()
+        return numeric(ok, column).median()
     if column in SUM_COLUMNS:
-        return _column(ok, column).sum(min_count=1)
+        return numeric(ok, column).sum(min_count=1)
     if column in WORST_MIN_COLUMNS:
-        return _column(ok, column).min()
+        return numeric(ok, column).min()
     if column in WORST_MAX_COLUMNS:
-        return _column(ok, column).max()
+        return numeric(ok, column).max()
     source = ok if len(ok) else cell
     return source[column].iloc[0]
 
@@ -240,7 +240,7 @@ def _cell_row(cell: pd.DataFrame, carried: list[str], confidence: float) -> dict
         "status": _cell_status(statuses),
         "repeats": len(cell),
         "repeats_ok": len(ok),
-        "attempts": _column(cell, "attempts").max(),
+        "attempts": numeric(cell, "attempts").max(),
         "failed_runs": "; ".join(
             f"{_text(r.get('run_id'))}: {_text(r.get('error_type'))}: {_text(r.get('error'))}"
             for r in not_ok.to_dict("records")
@@ -252,7 +252,7 @@ def _cell_row(cell: pd.DataFrame, carried: list[str], confidence: float) -> dict
         for column in ("error_type", "error"):
             if column in cell.columns:
                 row[column] = not_ok[column].iloc[0]
-    throughput, p50 = _column(used, "throughput_sps"), _column(used, "latency_ms_p50")
+    throughput, p50 = numeric(used, "throughput_sps"), numeric(used, "latency_ms_p50")
     hosts = ok["host"].dropna().astype(str).unique() if "host" in ok.columns else []
     row["hosts"] = ",".join(sorted(hosts))
     row["throughput_ci_low"], row["throughput_ci_high"] = value_interval(throughput, confidence)
@@ -302,7 +302,7 @@ def rounds(runs: pd.DataFrame) -> list[str]:
     Runs of one round were enqueued together (interleaved), so drift cancels between them. A re-run
     (a higher attempt) was measured later, beside other runs: it pairs only with runs re-run with it.
     """
-    attempts = _column(runs, "attempts").fillna(1).astype(int)
+    attempts = numeric(runs, "attempts").fillna(1).astype(int)
     return [f"{repeat}/{attempt}" for repeat, attempt in zip(_repeats(runs), attempts, strict=True)]
 
 
@@ -311,7 +311,7 @@ def run_series(runs: pd.DataFrame, column: str, device_name: object = None) -> p
     used = usable_runs(runs)
     if device_name is not None and not pd.isna(device_name) and "device_name" in used.columns:
         used = used[used["device_name"] == device_name]
-    return pd.Series(_column(used, column).to_numpy(), index=rounds(used))
+    return pd.Series(numeric(used, column).to_numpy(), index=rounds(used))
 
 
 def aggregate(runs: pd.DataFrame, min_effect: float = 0.03, confidence: float = 0.95) -> pd.DataFrame:
