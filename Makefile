@@ -13,6 +13,8 @@ NAME          ?=
 REPEATS       ?=
 SWEEP         ?= latest
 CELLS         ?=
+# BROKER=rabbitmq: with no OPTBENCH_BROKER_URL, the commands below start a private RabbitMQ as the broker
+BROKER        ?= redis
 
 SWEEP_ARGS = $(if $(MODEL),--model $(MODEL)) $(if $(OPTIMIZATIONS),--optimizations $(OPTIMIZATIONS)) \
              $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES)) $(if $(DEVICE),--device $(DEVICE)) \
@@ -21,12 +23,15 @@ SWEEP_ARGS = $(if $(MODEL),--model $(MODEL)) $(if $(OPTIMIZATIONS),--optimizatio
 
 .PHONY: setup sweep resume worker flower status collect report rerun cell compare test bench lint clean
 
-# The venv is rebuilt only when pyproject.toml changes (idempotent). redis-server is a system package.
+# The venv is rebuilt only when pyproject.toml changes (idempotent). redis-server and rabbitmq-server
+# are system packages: installed with apt-get when missing and we are root.
 setup: $(VENV)/.installed
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing redis-server"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-	  else echo "redis-server is missing: install it (Debian/Ubuntu: sudo apt-get install redis-server) or set OPTBENCH_REDIS_URL"; fi; }
+	@for server in redis-server rabbitmq-server; do \
+	  [ -x /usr/sbin/$$server ] || command -v $$server >/dev/null 2>&1 || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      echo "installing $$server"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$server >/dev/null; \
+	    else echo "$$server is missing: install it (Debian/Ubuntu: sudo apt-get install $$server)"; fi; }; \
+	done
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,12 +41,13 @@ $(VENV)/.installed: pyproject.toml
 
 # The main job: uses OPTBENCH_REDIS_URL (or a Redis on localhost:6379) if reachable, else a private
 # Redis under run/; starts local workers if none is online; waits; collects; stops what it started.
+# The broker is OPTBENCH_BROKER_URL if set, else that Redis (BROKER=rabbitmq: a private RabbitMQ under run/).
 sweep: setup
-	$(PY) -m producer sweep --start-missing --wait $(SWEEP_ARGS)
+	$(PY) -m producer sweep --start-missing --broker $(BROKER) --wait $(SWEEP_ARGS)
 
 # Finish an interrupted sweep (Ctrl-C, SIGTERM): start what is missing, send its unfinished runs again, wait, collect
 resume: setup
-	$(PY) -m producer resume --start-missing --sweep $(SWEEP)
+	$(PY) -m producer resume --start-missing --broker $(BROKER) --sweep $(SWEEP)
 
 # One Celery worker per GPU of this host (plus a CPU worker); point them at the shared Redis.
 worker: setup
@@ -49,10 +55,10 @@ worker: setup
 
 # Flower at http://127.0.0.1:5555 (set OPTBENCH_FLOWER_USER and OPTBENCH_FLOWER_PASSWORD for basic auth)
 flower: setup
-	$(PY) -m producer flower --start-missing $(if $(FLOWER_ADDRESS),--address $(FLOWER_ADDRESS))
+	$(PY) -m producer flower --start-missing --broker $(BROKER) $(if $(FLOWER_ADDRESS),--address $(FLOWER_ADDRESS))
 
 status: setup
-	$(PY) -m producer status --start-missing --sweep $(SWEEP)
+	$(PY) -m producer status --start-missing --broker $(BROKER) --sweep $(SWEEP)
 
 collect: setup
 	$(PY) -m results collect --start-missing --sweep $(SWEEP)
@@ -63,7 +69,7 @@ report: setup
 
 # make rerun CELLS=fp16@bs16,prune@bs1#2 (a cell: all its runs; #N: one run)   or   make rerun   (all failed runs)
 rerun: setup
-	$(PY) -m producer rerun --start-missing --wait --sweep $(SWEEP) $(if $(CELLS),--cells $(CELLS),--failed)
+	$(PY) -m producer rerun --start-missing --broker $(BROKER) --wait --sweep $(SWEEP) $(if $(CELLS),--cells $(CELLS),--failed)
 
 # make compare A=<sweep id or runs CSV> B=<...> [FAIL_ON_REGRESSION=5]: B's cells against A's, exit 1 on a regression
 compare: setup
@@ -73,15 +79,20 @@ compare: setup
 cell: setup
 	$(PY) -m worker.cell $(ARGS)
 
+# Two test processes at once (most tests wait on real workers and brokers), then the `serial` ones
+# (timing, CPU contention) alone on a quiet machine.
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not serial" -n 2 --dist loadscope
+	$(PY) -m pytest -m serial
 
 bench: setup
 	$(PY) tests/bench/bench_cell_timer.py
 	$(PY) tests/bench/bench_orchestration.py
 	$(PY) -m tests.bench.bench_soak
+	$(PY) -m tests.bench.bench_soak --broker rabbitmq
 	$(PY) -m tests.bench.bench_client
+	$(PY) -m tests.bench.bench_fleet
 
 lint: setup
 	$(PY) -m ruff check .

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -27,10 +28,10 @@ from producer.sweep import (
     resolve_device,
     runs_named,
 )
-from shared import manifest
+from shared import keys, manifest
 from shared.cli import SPEC_DEFAULTS, OneLineParser, add_cell_arguments, one_line_errors
 from shared.errors import OptbenchError
-from shared.services import Session, session
+from shared.services import BROKERS, Session, session
 from shared.state import sweep_rows
 
 PROG = "python -m producer"
@@ -58,15 +59,19 @@ def online_queues(app) -> set[str] | None:
 
 
 def lost_runs(s: Session, sweep: manifest.Sweep, rows: list[dict]) -> list[str]:
-    """Unfinished runs that nothing will finish: `running` on a worker that is gone, or `queued` in a
-    queue that holds no message (lost with a Redis that had no append-only file). Runs still in a
-    queue, or running on a live worker, are left alone: they go on by themselves."""
+    """Unfinished runs that nothing will finish: `lost`, or `running` on a worker that is gone, or
+    `queued` in a queue that holds no message (lost with a Redis that had no append-only file). Runs
+    still in a queue, or running on a live worker, are left alone: they go on by themselves."""
+    from shared.celery_app import queue_lengths
+
     alive = {name for reply in s.app.control.ping(timeout=1.0) for name in reply}
+    queued = {sweep.runs[row["run_id"]].queue for row in rows if row["status"] == "queued"}
+    waiting = queue_lengths(queued) if queued else {}
 
     def lost(row: dict) -> bool:
-        if row["status"] == "running":
-            return row.get("worker") not in alive
-        return row["status"] == "queued" and s.client.llen(sweep.runs[row["run_id"]].queue) == 0
+        if row["status"] in ("running", "lost"):
+            return row["status"] == "lost" or row.get("worker") not in alive
+        return row["status"] == "queued" and waiting[sweep.runs[row["run_id"]].queue] == 0
 
     return [row["run_id"] for row in rows if lost(row)]
 
@@ -86,14 +91,16 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
     )
     # Bad input fails here, before any connection or service starts (cells validate alike on any device).
     plan(request, args.device if args.device != "auto" else "cpu")
-    with session(args.start_missing, need_workers=True) as s:
+    with session(args.start_missing, need_workers=True, broker=args.broker) as s:
         state["session"] = s
         queues = online_queues(s.app)
-        device = resolve_device(args.device, None if queues is None else "gpu" in queues)
+        device = resolve_device(args.device, None if queues is None else keys.GPU_QUEUE in queues)
         gpu_queue = None
         if device == "cuda":  # a CPU sweep never needs a GPU model
-            gpu_queue = gpu_queue_for(request.gpu_model, {q for q in queues or () if q.startswith("gpu.")})
-        sweep = create(s.app, s.client, request, device, s.settings.result_expires, gpu_queue=gpu_queue or "gpu")
+            model_queues = {q for q in queues or () if q.startswith(keys.GPU_MODEL_QUEUE_PREFIX)}
+            gpu_queue = gpu_queue_for(request.gpu_model, model_queues)
+        gpu_queue = gpu_queue or keys.GPU_QUEUE
+        sweep = create(s.app, s.client, request, device, s.settings.result_expires, gpu_queue=gpu_queue)
         state["sweep_id"] = sweep.id
         where = f"{device} (queue {gpu_queue})" if device == "cuda" else device
         cells = len(sweep.cell_ids())
@@ -110,7 +117,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
 
 
 def cmd_status(args: argparse.Namespace, console: Console, state: dict) -> int:
-    with session(args.start_missing, need_workers=False) as s:
+    with session(args.start_missing, need_workers=False, broker=args.broker) as s:
         sweep = manifest.load(s.client, args.sweep)
         rows = sweep_rows(s.app.backend, sweep)
         console.print(status_table(sweep, rows))
@@ -123,7 +130,7 @@ def cmd_rerun(args: argparse.Namespace, console: Console, state: dict) -> int:
     if args.cells is None and not args.failed:
         raise OptbenchError("say which cells or runs to re-run: --cells fp16@bs16,prune@bs1#2,... or --failed")
     names = list(parse_cell_ids(args.cells)) if args.cells is not None else []
-    with session(args.start_missing, need_workers=args.wait) as s:
+    with session(args.start_missing, need_workers=args.wait, broker=args.broker) as s:
         state["session"] = s
         sweep = manifest.load(s.client, args.sweep)
         state["sweep_id"] = sweep.id
@@ -142,7 +149,7 @@ def cmd_rerun(args: argparse.Namespace, console: Console, state: dict) -> int:
 def cmd_resume(args: argparse.Namespace, console: Console, state: dict) -> int:
     """Finish an interrupted sweep: start what is missing, send again the unfinished runs nothing will
     finish (`lost_runs`), wait, collect, report."""
-    with session(args.start_missing, need_workers=True) as s:
+    with session(args.start_missing, need_workers=True, broker=args.broker) as s:
         state["session"] = s
         sweep = manifest.load(s.client, args.sweep)
         state["sweep_id"] = sweep.id
@@ -173,10 +180,9 @@ def cmd_flower(args: argparse.Namespace, console: Console, state: dict) -> int:
     from producer import flower
 
     flower.basic_auth()  # bad credentials settings fail before anything starts
-    with session(args.start_missing, need_workers=False) as s:
-        url = s.app.conf.broker_url
+    with session(args.start_missing, need_workers=False, broker=args.broker) as s:
         console.print(f"Flower on http://{args.address}:{args.port} (Ctrl-C stops it)", highlight=False)
-        return flower.run(url, args.address, args.port)
+        return flower.run(s.app.conf.result_backend, s.app.conf.broker_url, args.address, args.port)
 
 
 def _requeue(s: Session, sweep: manifest.Sweep, run_ids: list[str], console: Console) -> None:
@@ -248,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="start a private Redis and local workers if none are reachable, and stop them at the end",
         )
+        command.add_argument(
+            "--broker",
+            choices=BROKERS,
+            default=os.environ.get("OPTBENCH_BROKER") or "redis",
+            help="with --start-missing and no OPTBENCH_BROKER_URL: the Redis is the broker (default), "
+            "or start a private RabbitMQ under run/rabbitmq",
+        )
     return parser
 
 
@@ -295,7 +308,8 @@ def interrupted_message(state: dict) -> str:
     if sweep_id is None:
         return "interrupted before anything was enqueued"
     if s is not None and s.started:
-        stopped = " and ".join({"redis": "the private Redis", "workers": "the local workers"}[x] for x in s.started)
+        names = {"redis": "the private Redis", "rabbitmq": "the private RabbitMQ", "workers": "the local workers"}
+        stopped = " and ".join(names[x] for x in s.started)
         return (
             f"interrupted: stopped {stopped} this command started, so sweep {sweep_id} is paused "
             f"(its runs are kept); resume it with `make resume SWEEP={sweep_id}`"

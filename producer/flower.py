@@ -1,4 +1,4 @@
-"""`python -m producer flower`: Flower against optbench's Redis, with basic auth.
+"""`python -m producer flower`: Flower against optbench's broker and Redis, with basic auth.
 
 Credentials come from OPTBENCH_FLOWER_USER and OPTBENCH_FLOWER_PASSWORD (or Flower's own
 FLOWER_BASIC_AUTH=user:password) and reach Flower through its environment, never its command line.
@@ -39,7 +39,7 @@ def flower_command(address: str, port: int) -> list[str]:
     ]
 
 
-def run(redis_url: str, address: str, port: int) -> int:
+def run(redis_url: str, broker_url: str, address: str, port: int) -> int:
     """Run Flower in the foreground until it exits (Ctrl-C)."""
     auth = basic_auth()
     if auth is None and address not in LOOPBACK:
@@ -47,7 +47,7 @@ def run(redis_url: str, address: str, port: int) -> int:
             f"refusing to serve Flower on {address} without credentials: "
             "set OPTBENCH_FLOWER_USER and OPTBENCH_FLOWER_PASSWORD, or use --address 127.0.0.1"
         )
-    env = {**os.environ, "OPTBENCH_REDIS_URL": redis_url}
+    env = {**os.environ, "OPTBENCH_REDIS_URL": redis_url, "OPTBENCH_BROKER_URL": broker_url}
     if auth:
         env["FLOWER_BASIC_AUTH"] = auth
     process = subprocess.Popen(flower_command(address, port), env=env)

@@ -138,6 +138,8 @@ def wait(
                 f"{counts['ok']} ok, {counts['failed']} failed, {counts['unsupported']} unsupported, "
                 f"{counts['running']} running, {counts['queued']} queued"
             )
+            if counts["lost"]:
+                description += f", [yellow]{counts['lost']} lost with their worker, waiting for redelivery[/]"
             if unserved:
                 description += f" [yellow]({describe_unserved(unserved)})[/]"
             progress.update(bar, total=len(rows), completed=finished, description=description)

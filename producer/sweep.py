@@ -4,8 +4,8 @@ Each cell (optimization x batch size) is measured `repeats` times, each run its 
 own fresh process. Runs are enqueued round by round (every cell's run 1, then every cell's run 2,
 ...) in an order shuffled per round from the sweep's recorded seed, so that drift and a noisy
 neighbour land on every optimization alike. A cell whose optimization runs only on the CPU
-(dynamic_quant), and every cell of a CPU sweep, goes to the `cpu` queue; the others of a CUDA
-sweep go to the `gpu` queue (or one GPU model's queue).
+(dynamic_quant), and every cell of a CPU sweep, goes to the `optbench.cpu` queue; the others of a
+CUDA sweep go to the `optbench.gpu` queue (or one GPU model's queue).
 """
 
 from __future__ import annotations
@@ -95,11 +95,11 @@ def gpu_queue_for(requested: str | None, online_model_queues: set[str]) -> str:
     if requested:
         queue = keys.gpu_model_queue(requested)
         if online_model_queues and queue not in online_model_queues:
-            models = ", ".join(q.removeprefix("gpu.") for q in sorted(online_model_queues))
+            models = ", ".join(q.removeprefix(keys.GPU_MODEL_QUEUE_PREFIX) for q in sorted(online_model_queues))
             raise OptbenchError(f"no online worker has a {requested!r} GPU (online: {models})")
         return queue
     if len(online_model_queues) > 1:
-        models = ", ".join(q.removeprefix("gpu.") for q in sorted(online_model_queues))
+        models = ", ".join(q.removeprefix(keys.GPU_MODEL_QUEUE_PREFIX) for q in sorted(online_model_queues))
         raise OptbenchError(
             f"workers with several GPU models are online ({models}): pin the sweep to one with "
             "--gpu-model NAME, or compare them with --gpu-model any"

@@ -34,6 +34,7 @@ from matplotlib.patches import Rectangle
 
 from results import stats
 from results.stats import numeric
+from shared.state import UNFINISHED
 
 BASELINE = stats.BASELINE
 CONFIDENCE = 0.95  # of every interval the report quotes (the cells CSV's intervals are aggregate's default)
@@ -43,6 +44,7 @@ OPTIONAL_COLUMNS = (
     "device", "device_name", "weights", "error_type", "error", "model_size_mb", "model_size_compressed_mb",
     "top1_agreement", "max_abs_error", "cosine_similarity", "iterations", "measure_seconds",
     "noise_cpu_wait_fraction", "noise_cpu_steal_fraction", "noise_load_avg", "noise_gpu_other_processes",
+    "quantized_layers", "calibration", "execution_provider", "onnx_opset",
 )  # fmt: skip
 
 
@@ -434,13 +436,43 @@ def _fidelity(on_device: pd.DataFrame, rankings: list[Ranking], cite: Citations)
         lines.append(
             f"Every measured cell matches the fp32 outputs (max logit error at most `{FIDELITY_TOLERANCE:g}`)."
         )
+    lines += _how_quantized(on_device)
     weights = {str(w) for w in on_device["weights"].dropna()}
     if any(w.startswith("random") for w in weights):
         lines.append(
             "\nThese cells used random weights: their logits are nearly uniform, so top-1 agreement says "
             "little; measure with pretrained weights before trusting it."
         )
+    if any(w.startswith("synthetic") for w in weights):
+        lines.append(
+            "\nThese cells used synthetic weights (random, BatchNorm statistics re-estimated on seeded inputs): "
+            "the logits depend on the input, so cosine similarity and logit error measure what an optimization "
+            "changes; the classifier is random, so top-1 agreement still says little."
+        )
     return "\n".join(lines)
+
+
+def _how_quantized(on_device: pd.DataFrame) -> list[str]:
+    """Which layers each quantized cell touched, int8_static's calibration set, ONNX Runtime's provider."""
+    lines = []
+    for cell, row in on_device.iterrows():
+        layers, calibration, provider = row["quantized_layers"], row["calibration"], row["execution_provider"]
+        if isinstance(layers, str) and "Conv2d 0/" in layers:
+            lines.append(
+                f"- `{cell}` quantized `{layers}` layers: torchao's int8_weight_only, int8_dynamic and float8, "
+                "like dynamic_quant, quantize nn.Linear only (in DenseNet-121, the classifier alone); its "
+                "convolutions ran as in fp32."
+            )
+        elif isinstance(layers, str):
+            lines.append(f"- `{cell}` quantized `{layers}` layers.")
+        if isinstance(calibration, str):
+            lines.append(f"- `{cell}` was calibrated on `{calibration}`, apart from the fidelity probe.")
+        if isinstance(provider, str):
+            lines.append(
+                f"- `{cell}` ran on ONNX Runtime's `{provider}` (opset `{_plain(row['onnx_opset'])}`); its "
+                "fidelity compares ONNX Runtime's logits with torch's fp32 ones."
+            )
+    return ["", "How the quantized and exported cells were made:", *lines] if lines else []
 
 
 # ---------------------------------------------------------------------------------------------- noise
@@ -531,7 +563,7 @@ def _quiet_summary(flagged: pd.DataFrame, cv: pd.Series, ok: pd.DataFrame, cite:
 def _reason(row: pd.Series) -> str:
     error = row.get("error")
     if not isinstance(error, str) or not error.strip():
-        return "not finished" if row["status"] in ("queued", "running") else "no reason recorded"
+        return "not finished" if row["status"] in UNFINISHED else "no reason recorded"
     text = " ".join(f"{row.get('error_type')}: {error}".split()).replace("`", "'")
     return f"`{text[:MAX_ERROR_CHARS]}{'...' if len(text) > MAX_ERROR_CHARS else ''}`"
 
@@ -554,7 +586,8 @@ def _environment(cells: pd.DataFrame, runs: pd.DataFrame) -> str:
     for column, label in (
         ("device_name", "device"), ("host", "host"), ("gpu_driver", "GPU driver"), ("cuda_version", "CUDA"),
         ("cudnn_version", "cuDNN"), ("torch_version", "torch"), ("torchvision_version", "torchvision"),
-        ("python_version", "Python"), ("cpu_model", "CPU"), ("cpu_threads", "CPU threads"), ("timer", "timer"),
+        ("torchao_version", "torchao"), ("onnxruntime_version", "ONNX Runtime"), ("python_version", "Python"),
+        ("cpu_model", "CPU"), ("cpu_threads", "CPU threads"), ("timer", "timer"),
         ("tf32_cudnn", "TF32 in cuDNN"),
     ):  # fmt: skip
         values = sorted({_plain(v) for v in runs[column].dropna()}) if column in runs else []

@@ -198,6 +198,8 @@ def _cell_status(statuses: pd.Series) -> str:
         return "ok"
     if "running" in values:
         return "running"
+    if "lost" in values:
+        return "lost"
     if "queued" in values:
         return "queued"
     if values == {"unsupported"}:

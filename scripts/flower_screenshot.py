@@ -48,9 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch, private_redis(Path(scratch) / "redis") as url:
-        from shared.celery_app import app, use_redis
+        from shared.celery_app import app, use_services
 
-        use_redis(url)
+        use_services(url)
         with local_workers(app, url, Path(scratch) / "worker.log"):
             port = free_port()
             flower = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""One-shot check of a GPU host against what issue 12 expects: `python3 scripts/gpu_check.py --out DIR`.
+"""One-shot check of a GPU host against what issues 12 and 14 expect: `python3 scripts/gpu_check.py --out DIR`.
 
 Needs the standard library, torch, torchvision and this repository (no Celery, no Redis); nvidia-ml-py
 and torch-pruning are pure Python and may be carried in on PYTHONPATH (checks needing a missing one
@@ -273,6 +273,42 @@ def judge_compile(cells: Cells, pairs: list[tuple[str, str]]) -> Verdict:
     return Verdict(not problems, observed, "; ".join(problems) or None)
 
 
+def judge_quantized(cells: Cells, baseline: str, quantized: list[str], float8: str, onnx: str) -> Verdict:
+    """Issue 14: torchao int8 at batch 64 ok on the GPU; float8 ok from compute capability 8.9, else unsupported.
+
+    No speed-up is asked for: in DenseNet-121 the classifier is the only nn.Linear (0.04% of its FLOPs),
+    so the throughput ratios are recorded, not judged. onnxruntime is ok with the CUDA provider, or
+    unsupported naming onnxruntime-gpu when only the CPU package is installed.
+    """
+    problems = [reason] if (reason := not_ok(cells, [baseline, *quantized])) else []
+    base = cells.get(baseline, {})
+    observed: dict[str, Any] = {}
+    for label in [*quantized, float8, onnx]:
+        cell = cells.get(label, {})
+        keys = ("status", "error", "cosine_similarity", "quantized_layers", "execution_provider", "throughput_sps")
+        observed[label] = {k: cell.get(k) for k in keys}
+        if ok(cell) and base.get("throughput_sps"):
+            observed[label]["throughput_over_baseline"] = cell["throughput_sps"] / base["throughput_sps"]
+        if ok(cell) and (cell.get("cosine_similarity") or 0) < 0.99:
+            problems.append(f"{label}: cosine {cell.get('cosine_similarity')} < 0.99 against fp32")
+        if ok(cell) and label != onnx and "Linear 1/1" not in str(cell.get("quantized_layers")):
+            problems.append(f"{label}: the classifier was not quantized ({cell.get('quantized_layers')})")
+    capability = str(base.get("compute_capability") or cells.get(float8, {}).get("compute_capability") or "0.0")
+    f8 = cells.get(float8, {})
+    if tuple(int(part) for part in capability.split(".")) >= (8, 9):
+        if not ok(f8):
+            problems.append(f"{float8}: {f8.get('status')} on compute capability {capability}: {f8.get('error')}")
+    elif f8.get("status") != "unsupported" or "8.9" not in str(f8.get("error")):
+        problems.append(f"{float8}: on compute capability {capability} it should be unsupported naming 8.9")
+    runtime = cells.get(onnx, {})
+    if not (ok(runtime) and runtime.get("execution_provider") == "CUDAExecutionProvider") and not (
+        runtime.get("status") == "unsupported" and "onnxruntime-gpu" in str(runtime.get("error"))
+    ):
+        problems.append(f"{onnx}: {runtime.get('status')}: {runtime.get('error')}")
+    observed["compute_capability"] = capability
+    return Verdict(not problems, observed, "; ".join(problems) or None)
+
+
 def judge_noise(cells: Cells, quiet: str, everywhere: str, policy: str) -> Verdict:
     """Item 6: with the CPU load kept off the GPU worker's cores, batch-1 p99 stays within 25% of quiet."""
     reason = not_ok(cells, [quiet, everywhere, policy])
@@ -303,7 +339,7 @@ def environment(gpu: Gpu | None, no_gpu_reason: str | None) -> dict[str, Any]:
         "cuda_build": torch.version.cuda,
         "cudnn": _or_error(torch.backends.cudnn.version),
         "tf32_defaults": tf32_flags(),
-        "extras": {name: _version(name) for name in ("pynvml", "torch_pruning", "celery")},
+        "extras": {name: _version(name) for name in ("pynvml", "torch_pruning", "celery", "torchao", "onnxruntime")},
         "cpu_cores": format_cores(sorted(os.sched_getaffinity(0))),
         "no_gpu_reason": no_gpu_reason,
     }
@@ -495,6 +531,13 @@ EXPECTED: dict[str, tuple[list[int], str]] = {
         "batch-1 p99 with a busy process on each of the CPU worker's cores stays within 1.25x of quiet; with one on "
         "every core it rises (shown for contrast)",
     ),
+    # Issue 14 (its items are not numbered): torchao on the GPU.
+    "torchao_int8_float8_at_bs64": (
+        [],
+        "issue 14: int8_weight_only and int8_dynamic (torchao) at batch 64 are ok with cosine >= 0.99 and quantize "
+        "the classifier (Linear 1/1); float8 is ok on compute capability 8.9+ and unsupported naming 8.9 below; "
+        "onnxruntime runs with CUDAExecutionProvider, or is unsupported naming onnxruntime-gpu",
+    ),
     "compile_with_cuda_graphs": (
         [2, 3, 5],
         "compile default and reduce-overhead at batch 1 and 16 are ok (no overwritten CUDA-graph outputs; Triton "
@@ -573,6 +616,20 @@ def gpu_checks(runner: Runner, gpu: Gpu, env: dict[str, Any], cpu_worker_cores: 
     else:
         checks.append(run_check(runner, noise_check, 30, noise))
 
+    quantized = ["int8_weight_only@bs64", "int8_dynamic@bs64"]
+    quant_cells = ["baseline@bs64", *quantized, "float8@bs64", "onnxruntime@bs64"]
+
+    def torchao_cells() -> Verdict:
+        for label in quant_cells:  # synthetic weights: logits that depend on the input, so cosine means something
+            c(label, optimization=label.split("@")[0], batch_size=64, weights="synthetic")
+        return judge_quantized(runner.cells, quant_cells[0], quantized, quant_cells[3], quant_cells[4])
+
+    torchao_check = new_check("torchao_int8_float8_at_bs64", quant_cells)
+    if env["extras"].get("torchao") is None:
+        checks.append(_skip(torchao_check, "torchao is not installed (pip install torchao==0.18.0)"))
+    else:
+        checks.append(run_check(runner, torchao_check, 90, torchao_cells))
+
     pairs = [(f"compile-default@bs{bs}", f"compile-reduce-overhead@bs{bs}") for bs in (1, 16)]
 
     def compiled() -> Verdict:
@@ -592,6 +649,7 @@ def gpu_checks(runner: Runner, gpu: Gpu, env: dict[str, Any], cpu_worker_cores: 
 
     compile_cells = [label for pair in pairs for label in pair]
     checks.append(run_check(runner, new_check("compile_with_cuda_graphs", compile_cells), 120, compiled))
+
     return checks
 
 
@@ -675,11 +733,13 @@ def _or_error(read: Callable[[], Any]) -> Any:
 def _version(module: str) -> str | None:
     from importlib import metadata
 
-    distribution = {"pynvml": "nvidia-ml-py", "torch_pruning": "torch-pruning"}.get(module, module)
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
+    names = {"pynvml": ["nvidia-ml-py"], "torch_pruning": ["torch-pruning"], "onnxruntime": ["onnxruntime-gpu"]}
+    for distribution in [*names.get(module, []), module]:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def _text(value: str | bytes) -> str:

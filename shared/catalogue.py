@@ -114,9 +114,16 @@ class Optimization:
     devices: tuple[str, ...] = ("cpu", "cuda")
     # Sets the numeric format of weights and activations; a chain holds at most one.
     sets_precision: bool = False
-    # Wraps the model in a graph (TorchScript, torch.compile) that hides its modules and tensors;
-    # it must come last, and size and FLOPs are read from the model before it.
+    # Wraps the model in a graph (TorchScript, torch.compile) or hands it to another runtime (an
+    # exported int8 graph, ONNX Runtime) that hides its modules and tensors: it must come last, and
+    # parameters and FLOPs are read from the model before it (size too, unless the step measures
+    # its own artifact).
     opaque: bool = False
+    # The only steps that may come before it (None: any). Other runtimes and exporters take a plain
+    # torch model: no tensor subclasses, quantized modules or memory-format tricks.
+    only_after: tuple[str, ...] | None = None
+    # What it needs of the device beyond its type, said when it can't run (e.g. a compute capability).
+    hardware: str = ""
 
 
 OPTIMIZATIONS: dict[str, Optimization] = {
@@ -134,7 +141,37 @@ OPTIMIZATIONS: dict[str, Optimization] = {
         Optimization(
             "dynamic_quant", "nn.Linear int8 dynamic quantization (CPU only)", devices=("cpu",), sets_precision=True
         ),
-        Optimization("torchscript", "torch.jit.script + torch.jit.freeze", opaque=True),
+        Optimization("int8_weight_only", "torchao int8 weights of nn.Linear, fp32 activations", sets_precision=True),
+        Optimization(
+            "int8_dynamic", "torchao int8 weights and per-token int8 activations of nn.Linear", sets_precision=True
+        ),
+        Optimization(
+            "float8",
+            "torchao float8 weights and activations of nn.Linear (CUDA, compute capability 8.9+)",
+            devices=("cuda",),
+            sets_precision=True,
+            hardware="compute capability 8.9+: H100, H200, L4, RTX 40 and newer",
+        ),
+        Optimization(
+            "int8_static",
+            "PT2E static int8 of convs and linears (X86InductorQuantizer, calibrated), run by inductor",
+            devices=("cpu",),
+            sets_precision=True,
+            opaque=True,
+            only_after=("prune", "prune_structured"),
+        ),
+        Optimization(
+            "onnxruntime",
+            "torch.onnx.export (dynamo) run by ONNX Runtime (CPU provider; CUDA with onnxruntime-gpu)",
+            opaque=True,
+            only_after=("prune", "prune_structured", "fp16"),
+        ),
+        Optimization(
+            "torchscript",
+            "torch.jit.script + torch.jit.freeze",
+            opaque=True,
+            only_after=("fp16", "bf16", "tf32", "channels_last", "prune", "prune_structured", "dynamic_quant"),
+        ),
         Optimization("compile", "torch.compile (mode from --compile-mode)", opaque=True),
     ]
 }
@@ -160,8 +197,16 @@ def parse_chain(text: str) -> list[Optimization]:
     precisions = [opt.name for opt in chain if opt.sets_precision]
     if len(precisions) > 1:
         raise OptbenchError(f"optimization {text!r} sets the precision twice ({' and '.join(precisions)})")
-    if any(opt.opaque for opt in chain[:-1]):
-        raise OptbenchError(f"in {text!r}, torchscript or compile must be the last step")
+    for opt in chain[:-1]:
+        if opt.opaque:
+            raise OptbenchError(f"in {text!r}, {opt.name} must be the last step")
+    for position, opt in enumerate(chain):
+        if opt.only_after is None:
+            continue
+        wrong = [step.name for step in chain[:position] if step.name not in opt.only_after]
+        if wrong:
+            allowed = ", ".join(opt.only_after)
+            raise OptbenchError(f"in {text!r}, {opt.name} can't follow {wrong[0]}: only {allowed} may come before it")
     if "baseline" in names and len(names) > 1:
         raise OptbenchError(f"baseline is the plain fp32 model and can't be combined ({text!r})")
     return chain
@@ -177,5 +222,6 @@ def preferred_device(chain: list[Optimization], cuda_available: bool) -> str:
 def unsupported_reason(chain: list[Optimization], device: str) -> str | None:
     for opt in chain:
         if device not in opt.devices:
-            return f"{opt.name} runs on {' and '.join(opt.devices)} only, not on {device}"
+            needs = f" ({opt.hardware})" if opt.hardware else ""
+            return f"{opt.name} runs on {' and '.join(opt.devices)}{needs} only, not on {device}"
     return None

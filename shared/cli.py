@@ -44,7 +44,12 @@ def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
     add("--model", default=SPEC_DEFAULTS["model"], help="torchvision classification model (default %(default)s)")
     add("--device", choices=DEVICES, default="auto", help="auto: CUDA if present and the optimization runs there")
     add("--image-size", type=int, default=SPEC_DEFAULTS["image_size"], help="input height and width in pixels")
-    add("--weights", default="auto", help="auto (hub cache or random, never downloads) | pretrained | random | PATH")
+    add(
+        "--weights",
+        default="auto",
+        help="auto (hub cache or random, never downloads) | pretrained | random | synthetic (random, BatchNorm "
+        "statistics re-estimated: logits depend on the input) | PATH",
+    )
     add("--warmup", dest="warmup_iters", type=int, help="minimum warm-up calls (device default if unset)")
     add("--warmup-seconds", type=float, help="minimum warm-up seconds")
     add("--min-iters", type=int, help="minimum timed calls")

@@ -1,4 +1,4 @@
-"""Connecting to Redis with errors a person can act on (host and port named, password never)."""
+"""Connecting to Redis and the broker with errors a person can act on (host and port named, password never)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from shared.config import host_and_port
+from shared.config import broker_kind, host_and_port
 from shared.errors import OptbenchError
 
 log = logging.getLogger(__name__)
@@ -42,3 +42,29 @@ def connect(url: str, timeout: float = 5.0) -> redis.Redis:
         reason = str(exc).replace(url, "<url>").split(".")[0]
         raise OptbenchError(f"can't reach Redis at {where} ({reason}); set OPTBENCH_REDIS_URL") from None
     return client
+
+
+def check_broker(url: str, timeout: float = 5.0) -> None:
+    """Make sure the broker answers (and takes our credentials), or raise OptbenchError saying why not."""
+    if broker_kind(url) == "redis":
+        connect(url, timeout).close()
+        return
+    import amqp.exceptions
+    import kombu
+
+    where = host_and_port(url)
+    parts = urlsplit(url)
+    if parts.password is None and parts.hostname not in LOOPBACK:
+        log.warning("RabbitMQ at %s: no password in OPTBENCH_BROKER_URL", where)
+    connection = kombu.Connection(url, connect_timeout=timeout)
+    try:
+        connection.ensure_connection(max_retries=1, timeout=timeout)
+    except amqp.exceptions.AccessRefused:
+        raise OptbenchError(f"RabbitMQ at {where} refused the user or password in OPTBENCH_BROKER_URL") from None
+    except amqp.exceptions.NotAllowed:
+        raise OptbenchError(f"RabbitMQ at {where} refused access to the virtual host in OPTBENCH_BROKER_URL") from None
+    except (OSError, kombu.exceptions.OperationalError) as exc:
+        reason = " ".join(str(exc).replace(url, "<url>").split())[:120]
+        raise OptbenchError(f"can't reach RabbitMQ at {where} ({reason}); set OPTBENCH_BROKER_URL") from None
+    finally:
+        connection.release()

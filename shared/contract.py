@@ -16,7 +16,20 @@ from shared.errors import OptbenchError
 from shared.spec import CellSpec
 
 TASK_NAME = "optbench.run_cell"
-FAULTS = ("exit", "segfault", "hang")  # injected by tests only (OPTBENCH_ALLOW_FAULTS=1)
+# Injected by tests and benchmarks only (OPTBENCH_ALLOW_FAULTS=1); `sleep:<seconds>` is a cell that
+# sleeps that long instead of measuring (a fixed-duration cell for benchmarks of the queue).
+FAULTS = ("exit", "segfault", "hang")
+
+
+def is_fault(text: object) -> bool:
+    if text in FAULTS:
+        return True
+    if not isinstance(text, str) or not text.startswith("sleep:"):
+        return False
+    try:
+        return 0 <= float(text.removeprefix("sleep:")) <= 3600
+    except ValueError:
+        return False
 
 
 def run_id(cell_id: str, repeat: int) -> str:
@@ -67,7 +80,7 @@ class CellTask:
             value = getattr(task, name)
             if type(value) is not int or value < 1:
                 raise OptbenchError(f"{name} must be a positive integer (got {value!r})")
-        if task.fault is not None and (not allow_faults or task.fault not in FAULTS):
+        if task.fault is not None and (not allow_faults or not is_fault(task.fault)):
             raise OptbenchError(f"fault injection {task.fault!r} is not enabled on this worker")
         return task, CellSpec.from_dict(task.spec)
 

@@ -31,7 +31,7 @@ class RunEntry:
     cell_id: str  # e.g. fp16@bs16
     repeat: int  # 1..repeats
     spec: dict[str, Any]  # a CellSpec as a dict, device resolved
-    queue: str  # "cpu", "gpu", or one GPU model's queue such as "gpu.nvidia-h200"
+    queue: str  # optbench.cpu, optbench.gpu, or one GPU model's, such as optbench.gpu.nvidia-h200
     task_id: str  # the current attempt's Celery task id
     attempts: int = 1
 

@@ -84,6 +84,11 @@ class CellResult:
     prune_round_to: int | None = None
     compile_mode: str | None = None
     seed: int | None = None
+    # What the quantizing and runtime steps did (null for the others)
+    quantized_layers: str | None = None  # quantized out of all Conv2d/Linear layers: `Conv2d 0/120, Linear 1/1`
+    calibration: str | None = None  # int8_static's calibration set: `normal(seed=2000, samples=32, 224 px)`
+    execution_provider: str | None = None  # onnxruntime: CPUExecutionProvider or CUDAExecutionProvider
+    onnx_opset: int | None = None
     # Environment
     host: str | None = None
     gpu_uuid: str | None = None
@@ -99,6 +104,8 @@ class CellResult:
     cpu_cores: str | None = None
     torch_version: str | None = None
     torchvision_version: str | None = None
+    torchao_version: str | None = None  # null when not installed
+    onnxruntime_version: str | None = None  # onnxruntime or onnxruntime-gpu; null when not installed
     python_version: str | None = None
     started_at: str | None = None
     finished_at: str | None = None

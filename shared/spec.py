@@ -17,7 +17,7 @@ from shared.errors import OptbenchError
 
 DEVICES = ("auto", "cuda", "cpu")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-WEIGHTS_KEYWORDS = ("auto", "pretrained", "random")
+WEIGHTS_KEYWORDS = ("auto", "pretrained", "random", "synthetic")
 MAX_BATCH_SIZE = 4096
 MIN_IMAGE_SIZE = 32  # below this the 32x down-sampling of ImageNet models leaves no pixels
 MAX_IMAGE_SIZE = 2048
@@ -53,7 +53,7 @@ class CellSpec:
             raise OptbenchError(f"compile_mode must be one of {', '.join(COMPILE_MODES)} (got {self.compile_mode!r})")
         if self.weights not in WEIGHTS_KEYWORDS and not os.path.isfile(self.weights):
             raise OptbenchError(
-                f"weights must be auto, pretrained, random or a state-dict file (no file {self.weights!r})"
+                f"weights must be auto, pretrained, random, synthetic or a state-dict file (no file {self.weights!r})"
             )
         _check_number("prune_amount", self.prune_amount, 0.0, 1.0, open_interval=True)
         for name in ("warmup_iters", "min_iters"):

@@ -3,16 +3,19 @@
 One row per run: `sweep_id, run_id, cell_id, repeat, status, attempts, tries, worker`, then the
 result schema. `attempts` counts enqueues of the run (1 + re-runs); `tries` counts deliveries of
 its current attempt to a worker (more than 1 after a crash or a lost worker). A run's `status` is
-the result's (`ok`, `failed`, `unsupported`) once its current attempt is stored, else `queued` or
-`running` (the manifest says it was sent; Celery's PENDING can't). Only the manifest's current task
-id of a run is read, so an older attempt never shows. The status table, `--wait` and the
-collector all read rows from here.
+the result's (`ok`, `failed`, `unsupported`) once its current attempt is stored, else `queued`,
+`running`, or `lost` (running on a worker that stopped beating: `shared/liveness.py`; it waits for the
+broker to hand it to another worker). The manifest says a run was sent; Celery's PENDING can't. Only
+the manifest's current task id of a run is read, so an older attempt never shows. The status table,
+`--wait` and the collector all read rows from here.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from shared import liveness
 from shared.contract import Envelope
 from shared.manifest import RunEntry, Sweep
 from shared.result import FIELD_NAMES
@@ -20,10 +23,15 @@ from shared.result import FIELD_NAMES
 LEAD_COLUMNS = ("sweep_id", "run_id", "cell_id", "repeat", "status", "attempts", "tries", "worker")
 RUN_COLUMNS = LEAD_COLUMNS + tuple(name for name in FIELD_NAMES if name not in LEAD_COLUMNS)
 FINISHED = ("ok", "failed", "unsupported")
+UNFINISHED = ("queued", "running", "lost")
 
 
-def run_row(sweep: Sweep, entry: RunEntry, meta: dict[str, Any]) -> dict[str, Any]:
-    """The row of one run from its current task's meta (as the result backend stores it)."""
+def run_row(
+    sweep: Sweep, entry: RunEntry, meta: dict[str, Any], seen: dict[str, float] | None = None, now: float = 0.0
+) -> dict[str, Any]:
+    """The row of one run from its current task's meta (as the result backend stores it).
+
+    `seen`: when each worker last beat (`liveness.last_seen`), to tell `running` from `lost` at `now`."""
     spec = entry.spec
     row: dict[str, Any] = {
         "sweep_id": sweep.id,
@@ -47,16 +55,23 @@ def run_row(sweep: Sweep, entry: RunEntry, meta: dict[str, Any]) -> dict[str, An
         row["worker"] = meta.get("worker")
     elif state in ("STARTED", "PROGRESS"):
         info = meta.get("result") or {}
-        row.update(status="running", worker=meta.get("worker") or info.get("hostname"), phase=info.get("phase"))
+        worker = meta.get("worker") or info.get("hostname")
+        row.update(status="running", worker=worker, phase=info.get("phase"))
         row["iterations"] = info.get("iterations")  # advancing within a phase (PROGRESS, about once a second)
-    else:
+        silent = liveness.lost_since(worker, seen or {}, now)
+        if silent is not None:
+            row.update(status="lost", error_type="worker_lost")
+            row["error"] = f"worker {worker} lost {silent:.0f} s ago, waiting for redelivery"
+    else:  # PENDING (sent, not yet taken), or REQUEUED (its worker put it back in the queue)
         row["status"] = "queued"
     return row
 
 
 def sweep_rows(backend, sweep: Sweep) -> list[dict[str, Any]]:
-    """Every run's row, grouped by cell in sweep order, read from the backend in one round trip."""
+    """Every run's row, grouped by cell in sweep order, read from the backend in two round trips."""
     runs = sweep.ordered_runs()
     raw = backend.mget([backend.get_key_for_task(run.task_id) for run in runs]) if runs else []
     metas = [backend.decode_result(value) if value is not None else {"status": "PENDING"} for value in raw]
-    return [run_row(sweep, run, meta) for run, meta in zip(runs, metas, strict=True)]
+    seen = liveness.last_seen(backend.client) if any(m["status"] in ("STARTED", "PROGRESS") for m in metas) else {}
+    now = time.time()
+    return [run_row(sweep, run, meta, seen, now) for run, meta in zip(runs, metas, strict=True)]

@@ -24,6 +24,22 @@ def tiny_spec(**overrides) -> CellSpec:
     return CellSpec(**{**TINY, **overrides})
 
 
+def pytest_configure(config):
+    """Under `pytest -n N` (make test), give each test process its own share of the CPU cores.
+
+    Its workers, cells, Redis and RabbitMQ inherit the share, and torch sizes its thread pool to it:
+    two processes each running torch on every core oversubscribe the CPU (OpenMP threads spin while
+    waiting) and slow each other down many times over, not twice."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    share = cores[int(worker.removeprefix("gw")) % len(cores) :: count] or cores
+    os.sched_setaffinity(0, share)
+    torch.set_num_threads(len(share))
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
@@ -61,10 +77,30 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def app(redis_url):
-    from shared.celery_app import app, use_redis
+    from shared.celery_app import app, use_services
 
-    use_redis(redis_url)
+    use_services(redis_url)
     return app
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(tmp_path_factory) -> Iterator[str]:
+    """A private rabbitmq-server on a free loopback port, as `make sweep BROKER=rabbitmq` starts it."""
+    from shared.services import private_rabbitmq
+
+    with private_rabbitmq(tmp_path_factory.mktemp("rabbitmq"), cell_time_limit=1800) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def broker_url(request, app, redis_url) -> Iterator[str]:
+    """Runs a module's tests once per broker: the app, and the workers the tests start, use it."""
+    from shared.celery_app import use_services
+
+    url = redis_url if request.param == "redis" else request.getfixturevalue("rabbitmq_url")
+    use_services(redis_url, url)
+    yield url
+    use_services(redis_url)
 
 
 @pytest.fixture(scope="session")
@@ -80,18 +116,22 @@ def online_workers(app) -> set[str]:
     return {name for reply in app.control.ping(timeout=0.5) for name in reply}
 
 
-def service_env(redis_url: str, **extra: str) -> dict[str, str]:
-    return {**os.environ, "OPTBENCH_REDIS_URL": redis_url, "OPTBENCH_ALLOW_FAULTS": "1", **extra}
+def service_env(redis_url: str, broker_url: str | None = None, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "OPTBENCH_REDIS_URL": redis_url, "OPTBENCH_ALLOW_FAULTS": "1", **extra}
+    env.pop("OPTBENCH_BROKER_URL", None)
+    return {**env, "OPTBENCH_BROKER_URL": broker_url} if broker_url else env
 
 
-def start_workers(app, redis_url: str, log_path: Path, *args: str, **env: str) -> subprocess.Popen:
+def start_workers(
+    app, redis_url: str, log_path: Path, *args: str, broker_url: str | None = None, **env: str
+) -> subprocess.Popen:
     """`python -m worker` as a user starts it (in its own process group); returns once it answers."""
     before = online_workers(app)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "worker", *args],
             cwd=REPO,
-            env=service_env(redis_url, **env),
+            env=service_env(redis_url, broker_url, **env),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -116,8 +156,10 @@ def stop_workers(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def running_workers(app, redis_url: str, log_path: Path, *args: str, **env: str) -> Iterator[subprocess.Popen]:
-    process = start_workers(app, redis_url, log_path, *args, **env)
+def running_workers(
+    app, redis_url: str, log_path: Path, *args: str, broker_url: str | None = None, **env: str
+) -> Iterator[subprocess.Popen]:
+    process = start_workers(app, redis_url, log_path, *args, broker_url=broker_url, **env)
     try:
         yield process
     finally:

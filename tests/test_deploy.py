@@ -49,6 +49,26 @@ def test_the_worker_shares_the_host_pid_namespace_so_nvml_lists_its_cells():
     assert compose["services"]["worker"]["pid"] == "host"
 
 
+def test_the_fleet_uses_a_pinned_rabbitmq_with_a_consumer_timeout_above_the_cell_limit():
+    from ruamel.yaml import YAML
+
+    from shared.config import consumer_timeout
+
+    compose = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())
+    rabbitmq = compose["services"]["rabbitmq"]
+    assert rabbitmq["image"].split(":")[1][0].isdigit()  # a version, not `latest`
+    assert rabbitmq["healthcheck"]["test"] and "rabbitmq-data:/var/lib/rabbitmq" in rabbitmq["volumes"]
+    assert rabbitmq["ports"] == ["${RABBITMQ_BIND:-127.0.0.1}:5672:5672"]  # loopback unless told otherwise
+    assert "${RABBITMQ_PASSWORD:?" in rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"]
+    erl_args = rabbitmq["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+    assert erl_args == "-rabbit consumer_timeout ${RABBITMQ_CONSUMER_TIMEOUT_MS:-4200000}"
+    assert consumer_timeout(1800) * 1000 == 4200000 > 1800 * 1000  # the default cell time limit
+    for name in ("worker", "flower", "producer"):
+        service = compose["services"][name]
+        assert service["environment"]["OPTBENCH_BROKER_URL"].startswith("amqp://optbench:${RABBITMQ_PASSWORD:?")
+        assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+
+
 def test_compose_file_matches_the_compose_spec():
     done = subprocess.run(
         [BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"],
@@ -66,7 +86,11 @@ def test_each_gpu_worker_serves_the_gpu_queue_and_its_models_queue():
     gpus = [Gpu(0, "GPU-aaa", "NVIDIA H200"), Gpu(1, "GPU-bbb", "NVIDIA A100-SXM4-80GB")]
     commands = worker_commands(gpus, "node7", cpu_worker=True, loglevel="INFO")
     queues = [cmd[cmd.index("--queues") + 1] for cmd, _ in commands]
-    assert queues == ["gpu,gpu.nvidia-h200", "gpu,gpu.nvidia-a100-sxm4-80gb", "cpu"]
+    assert queues == [
+        "optbench.gpu,optbench.gpu.nvidia-h200",
+        "optbench.gpu,optbench.gpu.nvidia-a100-sxm4-80gb",
+        "optbench.cpu",
+    ]
     names = [cmd[cmd.index("--hostname") + 1] for cmd, _ in commands]
     assert names == ["gpu0@node7", "gpu1@node7", "cpu@node7"]
     assert commands[1][1]["CUDA_VISIBLE_DEVICES"] == "GPU-bbb" and commands[2][1]["CUDA_VISIBLE_DEVICES"] == ""
@@ -77,7 +101,7 @@ def test_a_sweep_is_pinned_to_one_gpu_model_unless_a_comparison_is_asked_for():
     h200, a100 = keys.gpu_model_queue("NVIDIA H200"), keys.gpu_model_queue("NVIDIA A100")
     assert gpu_queue_for(None, {h200}) == h200
     assert gpu_queue_for("NVIDIA H200", {h200, a100}) == h200
-    assert gpu_queue_for("any", {h200, a100}) == "gpu"
+    assert gpu_queue_for("any", {h200, a100}) == keys.GPU_QUEUE == "optbench.gpu"
     with pytest.raises(OptbenchError, match="several GPU models are online"):
         gpu_queue_for(None, {h200, a100})
     with pytest.raises(OptbenchError, match="no online worker has a 'RTX 4090' GPU"):

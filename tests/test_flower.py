@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from producer.sweep import SweepRequest, create
 from results.collect import collect
-from shared import manifest
+from shared import keys, manifest
 from shared.services import free_port, stop_process
 from tests.conftest import REPO, TINY_CELL_OPTIONS, run_cli, service_env, wait_for_sweep
 
@@ -22,11 +25,11 @@ pytestmark = pytest.mark.timeout(300)
 USER, PASSWORD = "optbench", "flower-test-password"
 
 
-@pytest.fixture(scope="module")
-def flower(redis_url, workers, tmp_path_factory):
+@contextlib.contextmanager
+def running_flower(env: dict[str, str], log: Path) -> Iterator[str]:
+    """`python -m producer flower` on a free port with basic auth; yields its base URL."""
     port = free_port()
-    env = service_env(redis_url, OPTBENCH_FLOWER_USER=USER, OPTBENCH_FLOWER_PASSWORD=PASSWORD)
-    log = tmp_path_factory.mktemp("flower") / "flower.log"
+    env = {**env, "OPTBENCH_FLOWER_USER": USER, "OPTBENCH_FLOWER_PASSWORD": PASSWORD}
     with open(log, "wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "producer", "flower", "--port", str(port)],
@@ -43,11 +46,19 @@ def flower(redis_url, workers, tmp_path_factory):
     else:
         stop_process(process, timeout=10)
         raise AssertionError("Flower did not start: " + log.read_text()[-2000:])
-    yield base
-    stop_process(process, timeout=20)
+    try:
+        yield base
+    finally:
+        stop_process(process, timeout=20)
     time.sleep(1)
     leftover = subprocess.run(["pgrep", "-f", f"flower --address=127.0.0.1 --port={port}"], capture_output=True)
     assert leftover.returncode == 1, "Flower outlived `python -m producer flower`"
+
+
+@pytest.fixture(scope="module")
+def flower(redis_url, workers, tmp_path_factory):
+    with running_flower(service_env(redis_url), tmp_path_factory.mktemp("flower") / "flower.log") as base:
+        yield base
 
 
 def request(url: str, auth: bool = True, body: dict | None = None) -> tuple[int, str]:
@@ -99,7 +110,7 @@ def test_workers_are_listed_with_the_hardware_they_are_pinned_to(flower):
     workers = json.loads(body)
     [name] = [name for name in workers if name.startswith("cpu@")]
     assert workers[name]["conf"]["optbench_gpu"] == "none (CPU worker)"
-    assert [queue["name"] for queue in workers[name]["active_queues"]] == ["cpu"]
+    assert [queue["name"] for queue in workers[name]["active_queues"]] == [keys.CPU_QUEUE]
 
 
 def test_a_sweep_shows_in_flower_and_a_rerun_through_flower_lands_in_its_results(flower, app, redis_client, tmp_path):
@@ -121,7 +132,8 @@ def test_a_sweep_shows_in_flower_and_a_rerun_through_flower_lands_in_its_results
 
     run = sweep.runs["prune@bs1#1"]
     kwargs = {**run.task(sweep.id).kwargs(), "attempt": 2}
-    status, body = request(flower + "/api/task/async-apply/optbench.run_cell", body={"kwargs": kwargs, "queue": "cpu"})
+    body = {"kwargs": kwargs, "queue": keys.CPU_QUEUE}
+    status, body = request(flower + "/api/task/async-apply/optbench.run_cell", body=body)
     assert status == 200, body
     flower_task = json.loads(body)["task-id"]
     app.AsyncResult(flower_task).get(timeout=120)

@@ -65,7 +65,7 @@ def test_the_environment_records_versions_tf32_defaults_and_the_core_plan(dry_ru
     env = report["environment"]
     assert env["torch"] and env["torchvision"] and env["python"]
     assert set(env["tf32_defaults"]) == {"tf32_cudnn", "tf32_matmul"}  # torch's defaults, before any cell
-    assert set(env["extras"]) == {"pynvml", "torch_pruning", "celery"}
+    assert set(env["extras"]) == {"pynvml", "torch_pruning", "celery", "torchao", "onnxruntime"}
     assert env["core_plan"] == {"gpu_worker": "not pinned", "cpu_worker": "not pinned"}
 
 
@@ -79,6 +79,9 @@ def test_without_a_gpu_and_without_dry_run_it_says_why_and_exits_2(tmp_path):
 
 
 # ------------------------------------------------------------------------------- synthetic results
+
+
+TORCHAO = ("int8_weight_only", "int8_dynamic", "float8")
 
 
 def cell(label: str, **fields: Any) -> dict[str, Any]:
@@ -108,6 +111,9 @@ def cell(label: str, **fields: Any) -> dict[str, Any]:
         "prune_round_to": 8 if "prune_structured" in optimization else None,
         "cuda_graph_pool_mb": 64.0 if "reduce-overhead" in optimization else 0.0,
         "peak_mem_allocated_mb": 120.0,
+        "compute_capability": "9.0",
+        "quantized_layers": "Conv2d 0/120, Linear 1/1" if optimization in TORCHAO else None,
+        "execution_provider": "CUDAExecutionProvider" if optimization == "onnxruntime" else None,
     }
     if "prune_structured" in optimization:
         base["throughput_sps"] = 200.0
@@ -201,7 +207,7 @@ class SyntheticRunner(gpu_check.Runner):
 def test_a_gpu_run_on_healthy_results_passes_every_check(monkeypatch):
     monkeypatch.setattr(gpu_check, "cpu_load", lambda cores: contextlib.nullcontext())
     runner = SyntheticRunner()
-    env = {"extras": {"torch_pruning": "1.6.1"}, "gpu_memory_total_bytes": 141 * 10**9}
+    env = {"extras": {"torch_pruning": "1.6.1", "torchao": "0.18.0"}, "gpu_memory_total_bytes": 141 * 10**9}
     checks = gpu_check.gpu_checks(runner, Gpu(0, UUID, "NVIDIA H200"), env, cpu_worker_cores=[8, 9])
     assert [c.name for c in checks] == gpu_check.GPU_CHECKS
     assert {c.name: c.status for c in checks} == dict.fromkeys(gpu_check.GPU_CHECKS, "pass")
@@ -220,3 +226,29 @@ def test_a_gpu_run_skips_pruning_without_torch_pruning_and_the_core_check_withou
     pruning = checks["prune_structured_fp16"]
     assert pruning.status == "skipped" and "torch-pruning" in pruning.reason
     assert checks["cpu_load_and_core_policy"].status == "skipped"
+    torchao = checks["torchao_int8_float8_at_bs64"]
+    assert torchao.status == "skipped" and "torchao" in torchao.reason
+
+
+QUANT_CELLS = ["baseline@bs64", "int8_weight_only@bs64", "int8_dynamic@bs64", "float8@bs64", "onnxruntime@bs64"]
+
+
+def quant_verdict(**overrides: dict[str, Any]) -> gpu_check.Verdict:
+    cells = {label: cell(label, **overrides.get(label.split("@")[0], {})) for label in QUANT_CELLS}
+    return gpu_check.judge_quantized(cells, QUANT_CELLS[0], QUANT_CELLS[1:3], QUANT_CELLS[3], QUANT_CELLS[4])
+
+
+def test_float8_must_run_from_compute_capability_8_9_and_be_unsupported_below():
+    assert quant_verdict().passed
+    a100 = {"compute_capability": "8.0"}
+    refused = {**a100, "status": "unsupported", "error": "float8 needs compute capability 8.9 or newer"}
+    assert quant_verdict(baseline=a100, float8=refused).passed
+    assert not quant_verdict(baseline=a100).passed  # float8 "ok" on an A100 would be a silent fallback
+    assert not quant_verdict(float8={"status": "unsupported", "error": "float8 needs 8.9"}).passed
+
+
+def test_onnxruntime_on_the_gpu_runs_on_the_cuda_provider_or_names_the_missing_package():
+    missing = {"status": "unsupported", "error": "onnxruntime on cuda needs onnxruntime-gpu"}
+    assert quant_verdict(onnxruntime=missing).passed
+    assert not quant_verdict(onnxruntime={"execution_provider": "CPUExecutionProvider"}).passed
+    assert not quant_verdict(int8_dynamic={"quantized_layers": "Conv2d 0/120, Linear 0/1"}).passed

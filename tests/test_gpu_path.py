@@ -255,7 +255,8 @@ def test_a_mig_gpu_gets_one_worker_per_instance_pinned_by_its_mig_uuid(monkeypat
     assert names == ["gpu0@node7", "gpu1-mig0@node7", "gpu1-mig2@node7", "cpu@node7"]
     assert [env["CUDA_VISIBLE_DEVICES"] for env in (e for _, e in commands)] == ["GPU-aaa", "MIG-m0", "MIG-m2", ""]
     queues = [cmd[cmd.index("--queues") + 1] for cmd, _ in commands]
-    assert queues[1] == "gpu,gpu.nvidia-h200-mig-1g-18gb"  # a sweep never mixes MIG profiles with whole GPUs
+    # a sweep never mixes MIG profiles with whole GPUs
+    assert queues[1] == "optbench.gpu,optbench.gpu.nvidia-h200-mig-1g-18gb"
 
 
 def test_cuda_visible_devices_naming_the_physical_gpu_keeps_its_mig_instances(monkeypatch):

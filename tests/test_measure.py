@@ -9,6 +9,8 @@ import torch
 
 from worker.engine import measure
 
+pytestmark = pytest.mark.serial  # timed against known durations: alone, not beside other tests
+
 
 class Sleeper(torch.nn.Module):
     def __init__(self, seconds: float):

@@ -1,4 +1,6 @@
-"""No cell lost or duplicated under worker, cell and Redis faults: real processes, real signals."""
+"""No cell lost or duplicated under worker, cell and Redis faults: real processes, real signals.
+
+Every test runs on both brokers (the `broker_url` fixture): the Redis, and a private RabbitMQ."""
 
 from __future__ import annotations
 
@@ -34,30 +36,38 @@ SLOW_CELL = {**TINY_CELL_OPTIONS, "min_seconds": 3.0}  # long enough to be hit m
 
 
 class Hosts:
-    """Worker groups named as two hosts would run them; a test may stop one and `ensure` restarts it."""
+    """Worker groups named as two hosts would run them; a test may stop one and `ensure` restarts it.
 
-    def __init__(self, app, redis_url: str, logs) -> None:
-        self.app, self.redis_url, self.logs = app, redis_url, logs
+    `fast`: the test-sized timeouts above, else production settings."""
+
+    def __init__(self, app, redis_url: str, logs, broker_url: str | None = None, fast: bool = True) -> None:
+        self.app, self.redis_url, self.logs, self.broker_url = app, redis_url, logs, broker_url
+        self.env = FAST if fast else {}
         self.processes: dict[str, subprocess.Popen] = {}
 
     def ensure(self, *hosts: str) -> None:
         for host in hosts:
             if host not in self.processes or self.processes[host].poll() is not None:
                 log = self.logs / f"{host}.log"
-                self.processes[host] = start_workers(self.app, self.redis_url, log, "--host", host, **FAST)
+                self.processes[host] = start_workers(
+                    self.app, self.redis_url, log, "--host", host, broker_url=self.broker_url, **self.env
+                )
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            stop_workers(process)
 
     def __getitem__(self, host: str) -> subprocess.Popen:
         return self.processes[host]
 
 
 @pytest.fixture(scope="module")
-def two_hosts(app, redis_url, tmp_path_factory):
-    hosts = Hosts(app, redis_url, tmp_path_factory.mktemp("hosts"))
+def two_hosts(app, redis_url, broker_url, tmp_path_factory):
+    hosts = Hosts(app, redis_url, tmp_path_factory.mktemp("hosts"), broker_url=broker_url)
     try:
         yield hosts
     finally:
-        for process in hosts.processes.values():
-            stop_workers(process)
+        hosts.stop()
 
 
 @pytest.fixture
@@ -156,12 +166,13 @@ def test_a_cell_whose_worker_was_lost_too_often_gives_up_without_running(app, re
     from shared.manifest import RunEntry, Sweep, new_task_id, save
 
     spec = CellSpec(**SLOW_CELL, device="cpu")
-    run = RunEntry("baseline@bs1#1", spec.cell_id, 1, spec.to_dict(), "cpu", task_id=new_task_id())
+    run = RunEntry("baseline@bs1#1", spec.cell_id, 1, spec.to_dict(), keys.CPU_QUEUE, task_id=new_task_id())
     sweep = Sweep("lost-workers", "2026-01-01T00:00:00+00:00", {"cells": [spec.cell_id]}, runs={run.run_id: run})
     save(redis_client, sweep, ttl_seconds=600)
     redis_client.hset(keys.deliveries(sweep.id), keys.delivery_field(run.run_id, 1), 2)  # two workers died on it
     task = run.task(sweep.id)
-    envelope = app.send_task(TASK_NAME, kwargs=task.kwargs(), task_id=run.task_id, queue="cpu").get(timeout=60)
+    envelope = app.send_task(TASK_NAME, kwargs=task.kwargs(), task_id=run.task_id, queue=keys.CPU_QUEUE)
+    envelope = envelope.get(timeout=60)
     assert envelope["result"]["error_type"] == "gave_up" and envelope["tries"] == 2
 
 
@@ -177,7 +188,7 @@ def test_duplicate_or_stale_deliveries_never_add_or_replace_rows(app, redis_clie
     # A late copy of attempt 1 (under a task id of its own, so its result can be awaited), and a
     # duplicate of attempt 2 (the same task id: it runs again and replaces its own result).
     stale = manifest.RunEntry(
-        "baseline@bs1#1", "baseline@bs1", 1, second.spec, "cpu", task_id=manifest.new_task_id(), attempts=1
+        "baseline@bs1#1", "baseline@bs1", 1, second.spec, keys.CPU_QUEUE, task_id=manifest.new_task_id(), attempts=1
     )
     measured_before = newest["started_at"]
     send(app, sweep, [stale, second], {})
@@ -199,21 +210,24 @@ def test_duplicate_or_stale_deliveries_never_add_or_replace_rows(app, redis_clie
     assert app.backend.get_task_meta(second.task_id)["result"]["attempt"] == 2
 
 
-def test_a_redis_restart_mid_sweep_loses_no_result(tmp_path):
+def test_a_redis_restart_mid_sweep_loses_no_result(broker_url, redis_url, two_hosts, tmp_path):
     """Its own Redis (append-only, as `make sweep` starts it), restarted while cells run."""
     from celery import Celery
 
     from shared.connection import connect
     from shared.services import free_port, private_redis
 
+    rabbitmq = None if broker_url == redis_url else broker_url
+    two_hosts.stop()  # on RabbitMQ they would take this test's cells and store them in the session's Redis
+
     def probe(url: str) -> Celery:
-        return Celery(broker=url, backend=url)
+        return Celery(broker=rabbitmq or url, backend=url)
 
     data, port = tmp_path / "redis", free_port()
     request = SweepRequest(("baseline", "channels_last"), batch_sizes=(1, 2), cell_options=SLOW_CELL, repeats=1)
     with private_redis(data, port) as url:
         app = probe(url)
-        workers = start_workers(app, url, tmp_path / "worker.log", **FAST)
+        workers = start_workers(app, url, tmp_path / "worker.log", broker_url=rabbitmq, **FAST)
         try:
             client = connect(url)
             sweep = create(app, client, request, "cpu", ttl=3600)
@@ -231,7 +245,25 @@ def test_a_redis_restart_mid_sweep_loses_no_result(tmp_path):
             app, client = probe(url), connect(url)
             rows = {row["cell_id"]: row for row in wait_for_sweep(app, client, sweep.id, timeout=180)}
             assert app.backend.get_task_meta(first)["status"] == "SUCCESS"
-            assert {cell: row["status"] for cell, row in rows.items()} == dict.fromkeys(sweep.cell_ids(), "ok")
+            assert {cell: row["status"] for cell, row in rows.items()} == dict.fromkeys(sweep.cell_ids(), "ok"), [
+                (cell, row["error"]) for cell, row in rows.items()
+            ]
             client.close()
     finally:
         stop_workers(workers)
+
+
+def test_fault_injection_is_refused_unless_enabled_and_named():
+    from shared.contract import CellTask
+    from shared.errors import OptbenchError
+
+    spec = CellSpec(**SLOW_CELL, device="cpu").to_dict()
+    base = {"sweep_id": "s", "cell_id": "baseline@bs1", "repeat": 1, "attempt": 1, "spec": spec}
+    for fault in ("exit", "segfault", "hang", "sleep:2", "sleep:0.5"):
+        task, _ = CellTask.from_kwargs({**base, "fault": fault}, allow_faults=True)
+        assert task.fault == fault
+        with pytest.raises(OptbenchError, match="is not enabled on this worker"):
+            CellTask.from_kwargs({**base, "fault": fault}, allow_faults=False)
+    for fault in ("sleep:", "sleep:abc", "sleep:-1", "sleep:99999", "rm -rf"):
+        with pytest.raises(OptbenchError, match="is not enabled on this worker"):
+            CellTask.from_kwargs({**base, "fault": fault}, allow_faults=True)

@@ -1,4 +1,6 @@
-"""Nobody in who shouldn't be: JSON only on the broker, passwords kept out of everything written."""
+"""Nobody in who shouldn't be: JSON only on the broker, passwords kept out of everything written.
+
+The tests with workers run on both brokers (the `broker_url` fixture): the Redis, and a private RabbitMQ."""
 
 from __future__ import annotations
 
@@ -7,11 +9,14 @@ import os
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 
-from shared.connection import connect, warn_if_exposed
+from shared import keys
+from shared.celery_app import queue_lengths
+from shared.connection import check_broker, connect, warn_if_exposed
 from shared.errors import OptbenchError
 from tests.conftest import TINY_SWEEP_ARGS, run_cli, running_workers, service_env
 
@@ -19,10 +24,14 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def logged_workers(app, redis_url, tmp_path_factory):
+def logged_workers(app, redis_url, broker_url, tmp_path_factory):
     log = tmp_path_factory.mktemp("security") / "worker.log"
-    with running_workers(app, redis_url, log):
+    with running_workers(app, redis_url, log, broker_url=broker_url):
         yield log
+
+
+def password_of(url: str) -> str:
+    return urlsplit(url).password
 
 
 class Unpickled:
@@ -38,32 +47,33 @@ class Unpickled:
 def test_a_pickled_message_in_the_queue_is_refused_not_executed(app, redis_client, logged_workers, tmp_path):
     marker = tmp_path / "pwned"
     task_id = str(uuid.uuid4())
-    app.send_task("optbench.run_cell", args=(Unpickled(marker),), task_id=task_id, queue="cpu", serializer="pickle")
+    queue = keys.CPU_QUEUE
+    app.send_task("optbench.run_cell", args=(Unpickled(marker),), task_id=task_id, queue=queue, serializer="pickle")
     deadline = time.monotonic() + 20
     while "untrusted content" not in logged_workers.read_text() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert "untrusted content of type pickle" in logged_workers.read_text()
     assert not marker.exists()
-    assert redis_client.llen("cpu") == 0  # dropped, not left to be retried
+    assert queue_lengths({queue}) == {queue: 0}  # dropped, not left to be retried
     # and the worker is still serving JSON cells
     bad = {"model": "densenet121", "batch_size": 0}
     envelope = app.send_task(
         "optbench.run_cell",
         kwargs={"sweep_id": "s", "cell_id": "c", "repeat": 1, "attempt": 1, "spec": bad},
-        queue="cpu",
+        queue=queue,
     ).get(timeout=60)
     assert envelope["result"]["error_type"] == "invalid_spec"
 
 
-def test_the_password_appears_in_nothing_a_sweep_writes(redis_url, redis_client, logged_workers, tmp_path):
-    password = redis_url.split(":")[2].split("@")[0]
-    assert len(password) >= 20
-    env = service_env(redis_url, OPTBENCH_RESULTS_DIR=str(tmp_path))
+def test_the_password_appears_in_nothing_a_sweep_writes(redis_url, broker_url, redis_client, logged_workers, tmp_path):
+    passwords = {password_of(redis_url), password_of(broker_url)}
+    assert all(len(password) >= 20 for password in passwords)
+    env = service_env(redis_url, broker_url, OPTBENCH_RESULTS_DIR=str(tmp_path))
     done = run_cli(
         "producer", "sweep", *TINY_SWEEP_ARGS, "--optimizations", "baseline,nonexistent_is_rejected_first",
         env=env,
     )  # fmt: skip
-    assert done.returncode == 2 and password not in done.stderr + done.stdout
+    assert done.returncode == 2 and not any(password in done.stderr + done.stdout for password in passwords)
     done = run_cli("producer", "sweep", *TINY_SWEEP_ARGS, "--optimizations", "baseline", "--wait", env=env)
     assert done.returncode == 0, done.stderr
     status = run_cli("producer", "status", env=env)
@@ -82,7 +92,7 @@ def test_the_password_appears_in_nothing_a_sweep_writes(redis_url, redis_client,
         elif kind == "zset":
             written.append(str(redis_client.zrange(key, 0, -1)))
     assert any("baseline@bs1" in text for text in written)  # the search covers the sweep's output
-    assert not [text[:200] for text in written if password in text]
+    assert not [text[:200] for text in written if any(password in text for password in passwords)]
 
 
 def test_the_private_redis_listens_on_loopback_and_requires_its_password(redis_url, redis_client):
@@ -117,3 +127,44 @@ def test_a_wrong_password_is_a_one_line_error_without_the_password(redis_url):
         done.stderr.strip()
         == f"python -m producer: error: Redis at 127.0.0.1:{port} refused the password in OPTBENCH_REDIS_URL"
     )
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4/IPv6 addresses listening on TCP `port` (from /proc/net/tcp*), as hex like the kernel shows them."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_the_private_rabbitmq_listens_on_loopback_only_and_refuses_a_wrong_password(redis_url, rabbitmq_url):
+    port = urlsplit(rabbitmq_url).port
+    assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, and nothing else
+    wrong = f"amqp://optbench:hunter2-wrong@127.0.0.1:{port}//"
+    message = f"RabbitMQ at 127.0.0.1:{port} refused the user or password in OPTBENCH_BROKER_URL"
+    with pytest.raises(OptbenchError) as error:
+        check_broker(wrong)
+    assert str(error.value) == message
+    done = run_cli("producer", "status", env=service_env(redis_url, wrong))
+    assert done.returncode == 2 and done.stderr.strip() == f"python -m producer: error: {message}"
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        (
+            "kafka://head:9092",
+            "broker URL scheme kafka:// is not supported: use redis://, rediss://, amqp:// or amqps://",
+        ),
+        ("amqp://optbench:s3cret-pw@127.0.0.1:1//", "can't reach RabbitMQ at 127.0.0.1:1 ("),
+    ],
+)
+@pytest.mark.parametrize("module", ["producer", "worker"])
+def test_a_bad_broker_url_is_a_one_line_error_without_the_password(redis_url, url, message, module):
+    done = run_cli(module, *(["status"] if module == "producer" else []), env=service_env(redis_url, url))
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "s3cret" not in done.stderr

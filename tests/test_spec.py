@@ -25,6 +25,7 @@ from shared.spec import MAX_BATCH_SIZE, CellSpec
         ({"optimization": "baseline+prune"}, "can't be combined"),
         ({"device": "tpu"}, "device must be one of"),
         ({"weights": "/no/such/file.pt"}, "no file '/no/such/file.pt'"),
+        ({"weights": "imagenet"}, "auto, pretrained, random, synthetic or a state-dict file"),
         ({"prune_amount": 1.0}, "prune_amount must be in (0.0, 1.0)"),
         ({"compile_mode": "fast"}, "compile_mode must be one of"),
         ({"min_iters": 0}, "min_iters must be between 1"),
@@ -58,4 +59,5 @@ def test_cpu_only_optimizations_resolve_auto_to_cpu_and_are_unsupported_on_cuda(
     assert preferred_device(parse_chain("fp16"), cuda_available=True) == "cuda"
     assert preferred_device(parse_chain("fp16"), cuda_available=False) == "cpu"
     assert unsupported_reason(quant, "cuda") == "dynamic_quant runs on cpu only, not on cuda"
-    assert all(unsupported_reason([opt], "cpu") is None for opt in OPTIMIZATIONS.values())
+    assert all(unsupported_reason([opt], "cpu") is None for opt in OPTIMIZATIONS.values() if opt.name != "float8")
+    assert "compute capability 8.9+" in unsupported_reason(parse_chain("float8"), "cpu")

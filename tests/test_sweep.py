@@ -168,7 +168,7 @@ def test_an_invalid_sweep_enqueues_nothing(args, message, redis_url, redis_clien
     assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("python -m producer")
     assert message in err and "Traceback" not in err
     assert set(redis_client.keys("*")) == keys_before
-    assert redis_client.llen("cpu") == redis_client.llen("gpu") == 0
+    assert redis_client.llen(keys.CPU_QUEUE) == redis_client.llen(keys.GPU_QUEUE) == 0
 
 
 def test_unknown_sweep_and_unreachable_redis_are_one_line_errors(redis_url, tmp_path):
@@ -212,14 +212,14 @@ def test_runs_are_enqueued_round_by_round_in_an_order_shuffled_per_round_from_th
 def test_a_cpu_sweep_ignores_how_many_gpu_models_are_online(app, redis_url, redis_client, workers, monkeypatch):
     from producer import __main__ as cli
 
-    online = {"cpu", "gpu", "gpu.nvidia-h200", "gpu.nvidia-a100"}
+    online = {keys.CPU_QUEUE, keys.GPU_QUEUE, keys.gpu_model_queue("NVIDIA H200"), keys.gpu_model_queue("NVIDIA A100")}
     monkeypatch.setattr(cli, "online_queues", lambda app: online)  # as if two GPU models were online
     monkeypatch.setenv("OPTBENCH_REDIS_URL", redis_url)
     args = ["sweep", *TINY_SWEEP_ARGS, "--optimizations", "baseline", "--batch-sizes", "1"]
     assert cli.main(args) == 0
     wait_for_sweep(app, redis_client, manifest.latest_id(redis_client))
     with pytest.raises(OptbenchError, match="several GPU models are online"):  # a CUDA sweep must still choose
-        cli.gpu_queue_for(None, {q for q in online if q.startswith("gpu.")})
+        cli.gpu_queue_for(None, {q for q in online if q.startswith(keys.GPU_MODEL_QUEUE_PREFIX)})
 
 
 def test_wait_says_no_worker_serves_the_queue_and_gives_up_after_the_stall_timeout(
@@ -230,19 +230,19 @@ def test_wait_says_no_worker_serves_the_queue_and_gives_up_after_the_stall_timeo
     monkeypatch.setenv("OPTBENCH_REDIS_URL", redis_url)
     args = ["sweep", *TINY_SWEEP_ARGS, "--device", "cuda", "--optimizations", "baseline", "--batch-sizes", "1"]
     try:
-        assert main([*args, "--wait", "--stall-timeout", "2"]) == 3  # nobody serves `gpu` in these tests
+        assert main([*args, "--wait", "--stall-timeout", "2"]) == 3  # nobody serves `optbench.gpu` in these tests
     finally:
-        redis_client.delete("gpu")
+        redis_client.delete(keys.GPU_QUEUE)
     err = capsys.readouterr().err
-    assert "warning: 1 runs wait in queue 'gpu', which no online worker consumes" in err
-    assert "made no progress for 2 s (1 runs wait in queue 'gpu', which no online worker consumes)" in err
+    assert "warning: 1 runs wait in queue 'optbench.gpu', which no online worker consumes" in err
+    assert "made no progress for 2 s (1 runs wait in queue 'optbench.gpu', which no online worker consumes)" in err
 
 
 def test_the_sweep_index_forgets_sweeps_whose_manifest_expired(app, redis_client):
     request = SweepRequest(optimizations=("baseline",), batch_sizes=(1,), cell_options=TINY_CELL_OPTIONS, repeats=1)
     older = create(app, redis_client, request, "cuda", ttl=3600)
     newer = create(app, redis_client, request, "cuda", ttl=3600)
-    redis_client.delete("gpu")
+    redis_client.delete(keys.GPU_QUEUE)
     redis_client.delete(keys.sweep(newer.id))  # as if it had expired
     assert manifest.latest_id(redis_client) == older.id
     assert redis_client.zscore(keys.SWEEPS, newer.id) is None
@@ -251,7 +251,7 @@ def test_the_sweep_index_forgets_sweeps_whose_manifest_expired(app, redis_client
 def test_a_rerun_never_overwrites_a_concurrent_attempt(app, redis_client):
     request = SweepRequest(optimizations=("baseline",), batch_sizes=(1,), cell_options=TINY_CELL_OPTIONS, repeats=2)
     sweep = create(app, redis_client, request, "cuda", ttl=3600)
-    redis_client.delete("gpu")
+    redis_client.delete(keys.GPU_QUEUE)
     flower_task = manifest.new_task_id()  # a re-run sent through Flower claims attempt 2 first
     assert manifest.claim(redis_client, sweep.id, "baseline@bs1#2", 2, flower_task)
     entry = manifest.new_attempt(redis_client, sweep.id, "baseline@bs1#2")  # the producer's re-run, from a stale read
@@ -277,7 +277,7 @@ def test_rerun_of_a_cell_the_sweep_lacks_is_rejected(app, redis_client, redis_ur
         assert done.returncode == 2 and f"sweep {sweep.id} has no cell 'fp16@bs1'" in done.stderr
         assert manifest.load(redis_client, sweep.id).runs["baseline@bs1#1"].attempts == 1
     finally:
-        redis_client.delete("gpu")
+        redis_client.delete(keys.GPU_QUEUE)
 
 
 def test_collecting_a_sweep_without_results_writes_pending_rows(app, redis_client, tmp_path):
@@ -293,19 +293,19 @@ def test_collecting_a_sweep_without_results_writes_pending_rows(app, redis_clien
         assert list(written["cell_id"]) == ["baseline@bs1", "fp16@bs1"]
         assert written["latency_ms_p50"].isna().all() and (written["attempts"] == 1).all()
     finally:
-        redis_client.delete("gpu")
+        redis_client.delete(keys.GPU_QUEUE)
 
 
 def test_a_task_sent_by_hand_with_a_bad_spec_fails_without_running(app, workers):
     bad = {"model": "densenet121", "optimization": "baseline", "batch_size": -1}
     result = app.send_task(
-        "optbench.run_cell", kwargs=dict(sweep_id="x", cell_id="y", repeat=1, attempt=1, spec=bad), queue="cpu"
+        "optbench.run_cell", kwargs=dict(sweep_id="x", cell_id="y", repeat=1, attempt=1, spec=bad), queue=keys.CPU_QUEUE
     )
     envelope = result.get(timeout=60)
     assert envelope["result"]["status"] == "failed" and envelope["result"]["error_type"] == "invalid_spec"
     assert "batch_size" in envelope["result"]["error"]
     kwargs = {"sweep_id": "x", "cell_id": "y", "repeat": 1, "attempt": "1; DROP", "spec": {"model": "densenet121"}}
-    envelope = app.send_task("optbench.run_cell", kwargs=kwargs, queue="cpu").get(timeout=60)
+    envelope = app.send_task("optbench.run_cell", kwargs=kwargs, queue=keys.CPU_QUEUE).get(timeout=60)
     assert envelope["result"]["error_type"] == "invalid_spec" and "attempt" in envelope["result"]["error"]
 
 
@@ -321,17 +321,21 @@ def test_the_manifest_keys_are_named_in_one_place(app, redis_client, workers):
 
 
 def processes_under(folder) -> list[str]:
-    """Processes (but this one) whose working directory or command line is inside `folder`: redis-server,
-    `python -m worker`, its Celery workers and their forkservers all start there."""
+    """Processes (but this one) whose working directory, command line or environment names `folder`:
+    redis-server, rabbitmq-server and its port mapper (HOME is its data folder), `python -m worker`,
+    its Celery workers and their forkservers all start there."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cwd = os.readlink(f"/proc/{pid}/cwd")
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
                 cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environ = handle.read().decode(errors="replace")
         except OSError:
             continue
-        if int(pid) != os.getpid() and (cwd.startswith(str(folder)) or str(folder) in cmdline):
+        named = cwd.startswith(str(folder)) or str(folder) in cmdline or f"HOME={folder}" in environ
+        if int(pid) != os.getpid() and named:
             found.append(f"{pid}: {cmdline[:120]}")
     return found
 
@@ -344,10 +348,13 @@ def processes_left(folder, grace: float = 30) -> list[str]:
     return left
 
 
-def test_sigterm_stops_what_make_sweep_started_and_resume_finishes_the_sweep(tmp_path):
-    """`make sweep` in its embedded mode, stopped by SIGTERM (a cancelled CI job), then `make resume`."""
-    env = {k: v for k, v in service_env("").items() if k != "OPTBENCH_REDIS_URL"}
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_sigterm_stops_what_make_sweep_started_and_resume_finishes_the_sweep(broker, tmp_path):
+    """`make sweep [BROKER=rabbitmq]` in its embedded mode, stopped by SIGTERM (a cancelled CI job), then
+    `make resume`."""
+    env = {k: v for k, v in service_env("").items() if k not in ("OPTBENCH_REDIS_URL", "OPTBENCH_BROKER_URL")}
     env["OPTBENCH_RESULTS_DIR"] = str(tmp_path / "results")
+    env["OPTBENCH_BROKER"] = broker  # what `make sweep BROKER=...` passes as --broker
     args = ["--optimizations", "baseline,channels_last", "--batch-sizes", "1", "--min-seconds", "1", "--repeats", "2"]
     command = [sys.executable, "-m", "producer", "sweep", "--start-missing", "--wait", *TINY_SWEEP_ARGS, *args]
     with open(tmp_path / "sweep.log", "wb") as log:
@@ -365,12 +372,14 @@ def test_sigterm_stops_what_make_sweep_started_and_resume_finishes_the_sweep(tmp
             sweep.kill()
     stderr = (tmp_path / "sweep.log").read_text()
     assert f"resume it with `make resume SWEEP={sweep_id}`" in stderr, stderr
-    assert "stopped the private Redis and the local workers this command started" in stderr
-    assert processes_left(tmp_path) == []  # no redis-server, no worker, no Celery child left
+    started = "the private Redis and the private RabbitMQ" if broker == "rabbitmq" else "the private Redis"
+    assert f"stopped {started} and the local workers this command started" in stderr
+    assert processes_left(tmp_path) == []  # no redis-server, rabbitmq-server, epmd, worker or Celery child left
 
     done = run_cli("producer", "resume", "--start-missing", "--sweep", sweep_id, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "started a private Redis" in done.stderr and "started local workers" in done.stderr
+    assert ("started a private RabbitMQ" in done.stderr) == (broker == "rabbitmq")
     runs = pd.read_csv(tmp_path / "results" / f"{sweep_id}_runs.csv")
     assert sorted(runs["run_id"]) == ["baseline@bs1#1", "baseline@bs1#2", "channels_last@bs1#1", "channels_last@bs1#2"]
     assert set(runs["status"]) == {"ok"}

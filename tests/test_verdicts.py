@@ -20,7 +20,7 @@ from shared import manifest
 from shared.state import FINISHED, sweep_rows
 from tests.conftest import wait_for_sweep
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.timeout(400), pytest.mark.serial]  # a noisy neighbour of its own only
 
 CELLS = {  # small enough for seconds per run, large enough that channels_last matters
     "model": "squeezenet1_1",

@@ -2,12 +2,12 @@
 
 GPUs are listed through NVML, which (unlike torch.cuda) does not initialize CUDA. Each GPU worker
 sees only its GPU (CUDA_VISIBLE_DEVICES=<its UUID>, CUDA_DEVICE_ORDER=PCI_BUS_ID), consumes the
-`gpu` queue and its model's queue (e.g. `gpu.nvidia-h200`) one cell at a time and is named
-`gpu<index>@<host>`; the CPU worker (`cpu@<host>`)
-consumes the `cpu` queue: CPU-only cells such as dynamic_quant, and every cell of a CPU sweep.
+`optbench.gpu` queue and its model's queue (e.g. `optbench.gpu.nvidia-h200`) one cell at a time and
+is named `gpu<index>@<host>`; the CPU worker (`cpu@<host>`) consumes the `optbench.cpu` queue:
+CPU-only cells such as dynamic_quant, and every cell of a CPU sweep.
 
 A GPU in MIG mode is listed as its MIG instances: one worker per instance, `gpu<index>-mig<slot>`,
-pinned by its `MIG-` UUID, on the queue of its profile (e.g. `gpu.nvidia-h200-mig-1g-18gb`).
+pinned by its `MIG-` UUID, on the queue of its profile (e.g. `optbench.gpu.nvidia-h200-mig-1g-18gb`).
 On a host with GPUs each GPU worker gets its own CPU cores and the CPU worker the rest
 (`worker/engine/cores.py`), passed to the worker's cells in OPTBENCH_CPU_CORES.
 """
@@ -24,7 +24,7 @@ import sys
 
 from shared import keys
 from shared.config import load, redact
-from shared.connection import connect
+from shared.connection import check_broker, connect
 from shared.errors import OptbenchError
 from worker.engine.cores import CORES_ENV, format_cores, plan_cores
 from worker.engine.gpus import Gpu, visible_gpus
@@ -81,14 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.ping:
         return 0 if ping_host(args.host) else 1
 
-    url = load().redis_url
+    settings = load()
     try:
-        connect(url).close()
+        connect(settings.redis_url).close()
+        check_broker(settings.broker_url)
     except OptbenchError as exc:
         print(f"python -m worker: error: {exc}", file=sys.stderr)
         return 2
     gpus = visible_gpus()
-    log.info("broker %s; GPUs: %s", redact(url), ", ".join(g.name for g in gpus) or "none")
+    log.info(
+        "broker %s; results in %s; GPUs: %s",
+        redact(settings.broker_url),
+        redact(settings.redis_url),
+        ", ".join(g.name for g in gpus) or "none",
+    )
     commands = worker_commands(gpus, args.host, not args.no_cpu_worker, args.loglevel)
     for cmd, extra in commands:
         log.info("%s: CPU cores %s", cmd[cmd.index("--hostname") + 1], extra[CORES_ENV] or "all (not pinned)")

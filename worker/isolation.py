@@ -7,8 +7,9 @@ fraction of a second, where a fresh interpreter would pay 3-10 s to import torch
 
 Whatever happens to the cell's process becomes an outcome: `result` (what the cell measured),
 `crashed` (a crash or `os._exit`: a failed result with the exit status and the tail of its stderr),
-`timeout` (killed at its time limit: a failed result with `error_type: timeout`) or `stopped`
-(killed because the worker is shutting down: the task puts the cell back in the queue).
+`timeout` (killed at its time limit: a failed result with `error_type: timeout`), `stopped`
+(killed because the worker is shutting down: the task puts the cell back in the queue) or
+`superseded` (killed because another delivery of the run owns it now: the task stores nothing).
 A cell's process also dies with its parent (PR_SET_PDEATHSIG), so a killed worker leaves no cell
 holding the GPU.
 """
@@ -59,8 +60,11 @@ def run_isolated(
     time_limit: float,
     on_progress: Callable[..., None],
     fault: str | None = None,
+    still_owner: Callable[[], bool] = lambda: True,
 ) -> tuple[str, CellResult | None]:
-    """(outcome, result): the result is None only for `stopped`."""
+    """(outcome, result): the result is None only for `stopped` and `superseded`.
+
+    `still_owner` is asked before each progress report is relayed: False ends the cell (`superseded`)."""
     started_at = utc_now()
     receiver, sender = _context.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile(prefix="optbench-cell-", suffix=".stderr", delete=False) as stderr_file:
@@ -69,7 +73,7 @@ def run_isolated(
     try:
         process.start()
         sender.close()
-        outcome, result = _receive(process, receiver, time.monotonic() + time_limit, on_progress)
+        outcome, result = _receive(process, receiver, time.monotonic() + time_limit, on_progress, still_owner)
         if outcome == "timeout":
             error = f"the cell ran past its {time_limit:g} s time limit and was killed"
             return outcome, _failed(spec, started_at, "timeout", error)
@@ -84,8 +88,8 @@ def run_isolated(
         os.unlink(stderr_path)
 
 
-def _receive(process, receiver, deadline: float, on_progress) -> tuple[str, dict[str, Any] | None]:
-    """Relay progress until the outcome: ("result", result) or (crashed|timeout|stopped, None)."""
+def _receive(process, receiver, deadline: float, on_progress, still_owner) -> tuple[str, dict[str, Any] | None]:
+    """Relay progress until the outcome: ("result", result) or (crashed|timeout|stopped|superseded, None)."""
     while (remaining := deadline - time.monotonic()) > 0:
         if _stopping.is_set():
             process.kill()
@@ -100,6 +104,9 @@ def _receive(process, receiver, deadline: float, on_progress) -> tuple[str, dict
             return "crashed", None
         if kind == "result":
             return "result", payload
+        if not still_owner():
+            process.kill()
+            return "superseded", None
         on_progress(payload.pop("phase"), **payload)
     process.kill()
     return "timeout", None
@@ -137,6 +144,10 @@ def _cell_process(spec: dict[str, Any], sender, stderr_path: str, fault: str | N
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     from worker.engine.run import run_cell
 
+    if fault and fault.startswith("sleep:"):  # a fixed-duration cell, for benchmarks of the queue itself
+        sender.send(("result", _fixed_duration(CellSpec.from_dict(spec), float(fault.split(":", 1)[1])).to_dict()))
+        sender.close()
+        return
     _inject(fault)
 
     last = {"phase": None, "at": 0.0}
@@ -152,6 +163,15 @@ def _cell_process(spec: dict[str, Any], sender, stderr_path: str, fault: str | N
     result = run_cell(CellSpec.from_dict(spec), on_progress=progress)
     sender.send(("result", result.to_dict()))
     sender.close()
+
+
+def _fixed_duration(spec: CellSpec, seconds: float) -> CellResult:
+    """Sleeps `seconds` in place of measuring: tests and benchmarks of the queue (OPTBENCH_ALLOW_FAULTS=1 only)."""
+    started_at = utc_now()
+    time.sleep(seconds)
+    note = f"fixed-duration test cell: slept {seconds:g} s, measured nothing"
+    return CellResult.for_spec(spec, status="ok", error=note, host=host_name(), started_at=started_at,
+                               finished_at=utc_now())  # fmt: skip
 
 
 def _inject(fault: str | None) -> None:

@@ -7,20 +7,25 @@ What happens to a run, in order:
   older or duplicate attempt, or a run no manifest knows, is acknowledged without running (`superseded`);
 - its delivery is counted in Redis; past OPTBENCH_MAX_TRIES deliveries of the same attempt (its
   process crashed, or its worker was killed, every time) it stays failed (`gave_up`) without running;
+- the delivery records itself as the run attempt's owner: a worker that was frozen or cut off and
+  wakes up after the broker handed the run to another worker stops its cell and stores nothing;
 - its process crashing is retried through Celery's retry (a new delivery) until that bound;
 - a warm shutdown (SIGTERM) kills the running cell and puts its message back in the queue at once.
+Each worker also beats into Redis every few seconds (`shared/liveness.py`), so a run whose worker
+vanished is shown `lost`, not `running`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Any
 
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from celery.signals import worker_ready, worker_shutting_down
 
-from shared import keys, manifest
+from shared import keys, liveness, manifest
 from shared.celery_app import app, settings
 from shared.contract import TASK_NAME, CellTask, Envelope
 from shared.errors import OptbenchError
@@ -28,16 +33,24 @@ from shared.result import CellResult
 from worker.isolation import run_isolated, start_forkserver, stop_all
 
 log = logging.getLogger(__name__)
+REQUEUED = "REQUEUED"  # the task state of a run its worker put back in the queue (shown as `queued`)
+
+
+_heartbeat = {"stop": threading.Event(), "worker": None}
 
 
 @worker_ready.connect
-def _preload_forkserver(**_: Any) -> None:
+def _preload_forkserver(sender: Any = None, **_: Any) -> None:
     start_forkserver()
+    _heartbeat["worker"] = getattr(sender, "hostname", None)
+    if _heartbeat["worker"]:
+        liveness.start_beating(app.backend.client, _heartbeat["worker"], _heartbeat["stop"])
 
 
 @worker_shutting_down.connect
 def _stop_running_cells(**_: Any) -> None:
     stop_all()
+    _heartbeat["stop"].set()
 
 
 @app.task(bind=True, name=TASK_NAME)
@@ -64,10 +77,24 @@ def run_cell(self, **kwargs: Any) -> dict:
         error = f"gave up after {tries - 1} tries: its process died or its worker was lost each time"
         return _envelope(self, kwargs, CellResult.failed(spec, "gave_up", error), tries=tries - 1)
 
-    outcome, result = run_isolated(spec, settings.cell_time_limit, _progress_reporter(self, task), task.fault)
+    client = app.backend.client
+    token = liveness.take_ownership(client, task.sweep_id, task.run_id, task.attempt, settings.result_expires)
+
+    def still_owner() -> bool:
+        return liveness.owns(client, task.sweep_id, task.run_id, task.attempt, token)
+
+    outcome, result = run_isolated(
+        spec, settings.cell_time_limit, _progress_reporter(self, task), task.fault, still_owner=still_owner
+    )
+    if outcome == "superseded" or not still_owner():
+        # This worker was frozen or cut off long enough for the broker to hand the run to another
+        # worker, which owns it now: its result is the run's, this one is dropped (nothing stored).
+        log.warning("run %s of sweep %s was delivered again meanwhile: result dropped", task.run_id, task.sweep_id)
+        raise Ignore()
     if outcome == "stopped":
-        app.backend.client.hincrby(*counter, -1)  # not the cell's fault: this delivery doesn't count
+        client.hincrby(*counter, -1)  # not the cell's fault: this delivery doesn't count
         log.info("worker shutting down: run %s of sweep %s goes back to the queue", task.run_id, task.sweep_id)
+        self.update_state(state=REQUEUED, meta={"sweep_id": task.sweep_id, "run_id": task.run_id})
         raise Reject("worker shutting down", requeue=True)
     if outcome == "crashed" and tries < settings.max_tries:
         log.warning("run %s of sweep %s crashed (try %d of %d): %s", task.run_id, task.sweep_id, tries,

@@ -52,7 +52,7 @@ from shared.connection import connect
 app_module, url, cells, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 optimizations, cell_options = json.loads(sys.argv[5]), json.loads(sys.argv[6])
 celery = importlib.import_module(app_module)
-celery.use_redis(url)
+(getattr(celery, "use_services", None) or celery.use_redis)(url)  # renamed after the split
 client = connect(url)
 extra = {"repeats": repeats} if repeats else {}  # the code before the split has one run per cell
 batch_sizes = tuple(range(1, cells // len(optimizations) + 1))
@@ -60,7 +60,8 @@ request = SweepRequest(tuple(optimizations), batch_sizes, "cpu", None, None, cel
 started = time.perf_counter()
 sweep = create(celery.app, client, request, "cpu", 3600)
 seconds = time.perf_counter() - started
-print(json.dumps({"id": sweep.id, "messages": client.llen("cpu") + client.llen("gpu"), "seconds": seconds}))
+queues = ("cpu", "gpu", "optbench.cpu", "optbench.gpu")  # queue names before and after they were prefixed
+print(json.dumps({"id": sweep.id, "messages": sum(client.llen(q) for q in queues), "seconds": seconds}))
 """
 
 
@@ -113,7 +114,8 @@ def drop_queued(url: str) -> None:
     """Delete the messages nobody consumes (and their priority sub-lists, if any)."""
     client = connect(url)
     try:
-        keys = [key for pattern in ("cpu*", "gpu*") for key in client.scan_iter(match=pattern)]
+        patterns = ("cpu*", "gpu*", "optbench.cpu*", "optbench.gpu*")
+        keys = [key for pattern in patterns for key in client.scan_iter(match=pattern)]
         if keys:
             client.delete(*keys)
     finally:

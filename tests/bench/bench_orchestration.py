@@ -47,9 +47,9 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch, private_redis(Path(scratch) / "redis") as url:
-        from shared.celery_app import app, use_redis
+        from shared.celery_app import app, use_services
 
-        use_redis(url)
+        use_services(url)
         with local_workers(app, url, Path(scratch) / "worker.log"):
             vs_timed, vs_cell = [], []
             client = connect(url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from importlib import metadata
 
 import torch
 import torchvision
@@ -50,8 +51,18 @@ def snapshot(device: torch.device, nvml: NvmlDevice | None = None) -> dict[str, 
         "cpu_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
+        "torchao_version": package_version("torchao"),
+        "onnxruntime_version": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
         "python_version": platform.python_version(),
     }
+
+
+def package_version(distribution: str) -> str | None:
+    """An installed distribution's version, read from its metadata without importing it (None when absent)."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _driver_version() -> str | None:

@@ -27,21 +27,36 @@ def weight_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
 
 def size_stats(model: nn.Module) -> dict[str, float | int]:
     """Serialized state-dict size (dense and zlib-compressed) and (non-zero) parameter counts."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    serialized = buffer.getvalue()
     total = nonzero = 0
     for tensor in weight_tensors(model):
-        values = tensor.dequantize() if tensor.is_quantized else tensor
+        values = _plain(tensor)
         total += values.numel()
         nonzero += int(torch.count_nonzero(values))
     return {
-        "model_size_mb": len(serialized) / MIB,
-        "model_size_compressed_mb": len(zlib.compress(serialized, 6)) / MIB,
+        **serialized_size(model),
         "params_total": total,
         "params_nonzero": nonzero,
         "sparsity": 1.0 - nonzero / total if total else 0.0,
     }
+
+
+def serialized_size(stored: nn.Module | bytes) -> dict[str, float]:
+    """Bytes on disk, dense and zlib-compressed (level 6): a model's `torch.save(state_dict)`, or a file's bytes."""
+    if isinstance(stored, nn.Module):
+        buffer = io.BytesIO()
+        torch.save(stored.state_dict(), buffer)
+        stored = buffer.getvalue()
+    return {
+        "model_size_mb": len(stored) / MIB,
+        "model_size_compressed_mb": len(zlib.compress(stored, 6)) / MIB,
+    }
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A quantized tensor (torch.ao's, or a torchao tensor subclass such as Int8Tensor) as the values it holds."""
+    if tensor.is_quantized or type(tensor) not in (torch.Tensor, nn.Parameter):
+        return tensor.dequantize()
+    return tensor
 
 
 def gflops_per_sample(model: nn.Module, one_sample: torch.Tensor) -> float:

@@ -29,7 +29,14 @@ from shared.result import CellResult
 from shared.spec import CellSpec
 from worker.engine import measure
 from worker.engine.environment import pin_cpu_cores, snapshot
-from worker.engine.model_stats import fidelity, gflops_per_sample, probe_chunks, run_probe, size_stats
+from worker.engine.model_stats import (
+    fidelity,
+    gflops_per_sample,
+    probe_chunks,
+    run_probe,
+    serialized_size,
+    size_stats,
+)
 from worker.engine.models import build_model
 from worker.engine.precision import set_tf32, tf32_flags
 from worker.engine.trackers import CpuMemory, CudaMemory, GpuEnergy, Noise, nvml_handle
@@ -138,7 +145,7 @@ def _prepare(
 ) -> tuple[Prepared, torch.Tensor]:
     """Build, record fp32 probe outputs, optimize, make the first call, read size/FLOPs/fidelity."""
     report("loading")
-    model, result.weights = build_model(spec.model, spec.weights, spec.seed)
+    model, result.weights = build_model(spec.model, spec.weights, spec.seed, spec.image_size)
     fp32 = Prepared(model.to(device), device)
     probe = [
         fp32.inputs(spec.batch_size, spec.image_size, seed=spec.seed + 1 + i)
@@ -159,6 +166,9 @@ def _prepare(
     result.prepare_seconds = apply_seconds() + first_call_seconds()
 
     result.update(size_stats(eager.model))
+    if prepared.artifact is not None:  # the int8 graph or the ONNX file: what is stored is not the eager model
+        result.update(serialized_size(prepared.artifact))
+    result.update(prepared.fields)
     result.gflops_per_sample = gflops_per_sample(eager.model, eager.inputs(1, spec.image_size, seed=spec.seed))
     outputs = run_probe(
         prepared.model, [b.to(dtype=prepared.dtype, memory_format=prepared.memory_format) for b in probe]

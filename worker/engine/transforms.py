@@ -8,15 +8,20 @@ they run is the catalogue's (`shared/catalogue.py`); `TRANSFORMS` maps each of i
 from __future__ import annotations
 
 import contextlib
+import importlib
+import math
+import platform
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from worker.engine import onnx_runtime, quantize
 from worker.engine.models import make_inputs
 from worker.engine.precision import set_tf32, tf32_unsupported_reason
 
@@ -27,6 +32,23 @@ if TYPE_CHECKING:
 # Structured pruning keeps channel counts that are multiples of this: fp16/bf16 tensor-core kernels
 # (cuDNN, cuBLAS) need multiples of 8, and an odd count falls back to slower kernels.
 PRUNE_ROUND_TO = 8
+# int8_static's calibration set: this many seeded normal samples (in batches of the cell's batch size),
+# from seeds apart from the timed, probe and `synthetic` weights' inputs.
+CALIBRATION_SAMPLES = 32
+CALIBRATION_SEED_OFFSET = 2000
+FLOAT8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper: float8 tensor cores
+# What each optimization imports beyond torch, and the pinned requirement to install (pyproject's worker extra).
+PACKAGES: dict[str, tuple[tuple[str, str], ...]] = {
+    **{
+        name: (("torchao", "torchao==0.18.0"),)
+        for name in ("int8_weight_only", "int8_dynamic", "float8", "int8_static")
+    },
+    "onnxruntime": (
+        ("onnxruntime", "onnxruntime==1.31.1"),
+        ("onnx", "onnx==1.23.2"),
+        ("onnxscript", "onnxscript==0.7.2"),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +59,11 @@ class Prepared:
     device: torch.device
     dtype: torch.dtype = torch.float32
     memory_format: torch.memory_format = torch.contiguous_format
+    # What is stored when it isn't the eager model's state dict (the int8 graph, the ONNX file): its size is
+    # the row's model size.
+    artifact: nn.Module | bytes | None = None
+    # Result fields a step records about itself (execution provider, opset, calibration set, quantized layers).
+    fields: dict[str, Any] = field(default_factory=dict)
 
     def inputs(self, batch_size: int, image_size: int, seed: int) -> torch.Tensor:
         return make_inputs(
@@ -115,9 +142,46 @@ def _prune_structured(prepared: Prepared, spec: CellSpec) -> Prepared:
 
 def _dynamic_quant(prepared: Prepared, spec: CellSpec) -> Prepared:
     """int8 weights for nn.Linear, activations quantized on the fly: CPU (fbgemm/x86) kernels only."""
+    layers = quantize.layer_counts(prepared.model)
     with _quiet_deprecations():
         model = torch.ao.quantization.quantize_dynamic(prepared.model, {nn.Linear}, dtype=torch.qint8)
-    return replace(prepared, model=model)
+    quantized = Counter("Linear" for m in model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear))
+    return _with_fields(replace(prepared, model=model), quantized_layers=quantize.coverage(quantized, layers))
+
+
+def _torchao(optimization: str) -> Callable[[Prepared, CellSpec], Prepared]:
+    """torchao's quantize_ of nn.Linear: int8_weight_only, int8_dynamic or float8 (`quantize.TORCHAO_CONFIGS`)."""
+
+    def apply(prepared: Prepared, spec: CellSpec) -> Prepared:
+        then_compiled = "compile" in spec.optimization.split("+")
+        layers = quantize.torchao_quantize(prepared.model, optimization, tune_inductor=then_compiled)
+        return _with_fields(prepared, quantized_layers=layers)
+
+    return apply
+
+
+def _int8_static(prepared: Prepared, spec: CellSpec) -> Prepared:
+    """PT2E static int8 calibrated on a seeded set, compiled by inductor (`quantize.int8_static`)."""
+    batches = math.ceil(CALIBRATION_SAMPLES / spec.batch_size)
+    seed = spec.seed + CALIBRATION_SEED_OFFSET
+    calibration = [prepared.inputs(spec.batch_size, spec.image_size, seed=seed + i) for i in range(batches)]
+    converted, compiled, layers = quantize.int8_static(prepared.model, calibration)
+    described = f"normal(seed={seed}, samples={batches * spec.batch_size}, {spec.image_size} px)"
+    prepared = replace(prepared, model=compiled, artifact=converted)
+    return _with_fields(prepared, calibration=described, quantized_layers=layers)
+
+
+def _onnxruntime(prepared: Prepared, spec: CellSpec) -> Prepared:
+    """Exported with torch.onnx.export (dynamo) at the cell's input shape, run by ONNX Runtime on this device."""
+    example = prepared.inputs(spec.batch_size, spec.image_size, seed=spec.seed)
+    onnx_model, opset = onnx_runtime.export(prepared.model, example)
+    session = onnx_runtime.OrtModel(onnx_model, example, threads=torch.get_num_threads())
+    prepared = replace(prepared, model=session, artifact=onnx_model)
+    return _with_fields(prepared, execution_provider=session.provider, onnx_opset=opset)
+
+
+def _with_fields(prepared: Prepared, **fields: Any) -> Prepared:
+    return replace(prepared, fields={**prepared.fields, **fields})
 
 
 def _torchscript(prepared: Prepared, spec: CellSpec) -> Prepared:
@@ -151,6 +215,9 @@ TRANSFORMS: dict[str, Callable[[Prepared, CellSpec], Prepared]] = {
     "prune": _prune_unstructured,
     "prune_structured": _prune_structured,
     "dynamic_quant": _dynamic_quant,
+    **{name: _torchao(name) for name in quantize.TORCHAO_CONFIGS},
+    "int8_static": _int8_static,
+    "onnxruntime": _onnxruntime,
     "torchscript": _torchscript,
     "compile": _compile,
 }
@@ -167,7 +234,52 @@ def apply_chain(chain: list[Optimization], prepared: Prepared, spec: CellSpec) -
 
 
 def unsupported_here(chain: list[Optimization], device: torch.device) -> str | None:
-    """Why the chain can't run on this particular device, beyond the catalogue's device types (None if it can)."""
-    if any(opt.name == "tf32" for opt in chain):
-        return tf32_unsupported_reason(device)
+    """Why the chain can't run on this device or with these packages, beyond the catalogue's (None if it can)."""
+    names = [opt.name for opt in chain]
+    for name in names:
+        missing = missing_package(name)
+        if missing:
+            return f"{name} needs {missing.partition('==')[0]}, which is not installed here: install {missing}"
+    if "tf32" in names and (reason := tf32_unsupported_reason(device)):
+        return reason
+    if "float8" in names and (reason := float8_unsupported_reason(device)):
+        return reason
+    if "int8_static" in names and platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"int8_static uses the X86InductorQuantizer's oneDNN kernels: x86-64 only, not {platform.machine()}"
+    if "onnxruntime" in names and device.type == "cuda":
+        return _ort_cuda_unsupported_reason()
     return None
+
+
+def missing_package(optimization: str) -> str | None:
+    """The pinned requirement of the first package `optimization` needs that can't be imported here."""
+    for module, requirement in PACKAGES.get(optimization, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return requirement
+    return None
+
+
+def float8_unsupported_reason(device: torch.device) -> str | None:
+    """float8 matmuls need float8 tensor cores: compute capability 8.9 (Ada) or 9.0 (Hopper) and newer."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < FLOAT8_MIN_CAPABILITY:
+        return (
+            "float8 needs compute capability 8.9 or newer (H100, H200, L4, RTX 40 and newer); "
+            f"this GPU is {major}.{minor}"
+        )
+    return None
+
+
+def _ort_cuda_unsupported_reason() -> str | None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return None
+    return (
+        "onnxruntime on cuda needs onnxruntime-gpu, which is not installed here (the onnxruntime package has "
+        "the CPU provider only): install onnxruntime-gpu==1.31.1 in place of onnxruntime"
+    )
