@@ -111,9 +111,11 @@ def use_services(redis_url: str, broker_url: str | None = None) -> None:
     Without `broker_url` the Redis is the broker too."""
     broker_url = broker_url or redis_url
     app.conf.update(broker_url=broker_url, result_backend=redis_url, **broker_settings(config.broker_kind(broker_url)))
-    # Celery keeps its broker connections in pools made on first use: drop them, so the next send uses the new broker.
+    # Celery keeps its broker connections in pools, and its result backend per thread, made on first
+    # use: drop them, so that the next send and the next read use the new broker and Redis.
     app._pool = None
     app.amqp._producer_pool = None
+    app._local.__dict__.pop("backend", None)
 
 
 def queue_lengths(names: set[str]) -> dict[str, int]:
