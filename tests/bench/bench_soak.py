@@ -97,12 +97,17 @@ def main() -> None:
                 stop_workers(process)
     statuses = Counter(frame["status"])
     duplicates = int(frame["run_id"].duplicated().sum())
-    lost = len(sweep.runs) - sum(statuses[s] for s in FINISHED)
+    unfinished = Counter(row["status"] for row in rows if row["status"] not in FINISHED)
+    lost = sum(unfinished.values())
+    if wall >= args.limit:  # still queued or running when the limit stopped the benchmark: not lost
+        lost_text = f"{lost} unfinished when the {args.limit:g} s limit stopped it ({dict(unfinished)})"
+    else:
+        lost_text = f"{lost} lost"
     redelivered = int((frame["tries"].fillna(1) > 1).sum())
     where = "test-sized redelivery settings" if settings else "production settings"
     print(
         f"{args.broker} ({where}): {len(sweep.runs)} cells (one run each), {kills} worker kills (SIGKILL to a "
-        f"whole group, then restart): {statuses['ok']} ok, {statuses['failed']} failed, {lost} lost, "
+        f"whole group, then restart): {statuses['ok']} ok, {statuses['failed']} failed, {lost_text}, "
         f"{duplicates} duplicate rows, {redelivered} redelivered after a kill, wall {wall:.0f} s"
     )
     if recovery:
