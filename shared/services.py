@@ -85,12 +85,7 @@ def private_redis(data_dir: Path, port: int | None = None) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise OptbenchError("redis-server is not installed (apt-get install redis-server) and no Redis is reachable")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    password_file = data_dir / "password"
-    if not password_file.exists():
-        password_file.touch(mode=0o600)
-        password_file.write_text(secrets.token_urlsafe(24))
-    password = password_file.read_text().strip()
+    password = _private_password(data_dir)
     port = port or free_port()
     config = data_dir / "redis.conf"
     config.touch(mode=0o600)
@@ -143,12 +138,7 @@ def private_rabbitmq(data_dir: Path, cell_time_limit: float, port: int | None = 
     if server is None:
         raise OptbenchError("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    password_file = data_dir / "password"
-    if not password_file.exists():
-        password_file.touch(mode=0o600)
-        password_file.write_text(secrets.token_urlsafe(24))
-    password = password_file.read_text().strip()
+    password = _private_password(data_dir)
     port = port or free_port()
     settings = data_dir / "rabbitmq.conf"
     settings.touch(mode=0o600)
@@ -238,6 +228,16 @@ def stop_process(process: subprocess.Popen, timeout: float) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _private_password(data_dir: Path) -> str:
+    """The generated password of a service kept under `data_dir` (file `password`, mode 600), made once."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    password_file = data_dir / "password"
+    if not password_file.exists():
+        password_file.touch(mode=0o600)
+        password_file.write_text(secrets.token_urlsafe(24))
+    return password_file.read_text().strip()
 
 
 def _wait_for(check, timeout: float, what: str, process: subprocess.Popen) -> None:
