@@ -37,6 +37,7 @@ from results.stats import numeric
 from shared.state import UNFINISHED
 
 BASELINE = stats.BASELINE
+AA_CONTROL = "aa_control"  # the baseline again as its own cell: what noise alone calls on this host
 CONFIDENCE = 0.95  # of every interval the report quotes (the cells CSV's intervals are aggregate's default)
 FIDELITY_TOLERANCE = 1e-3  # max |logit error| below which an optimization counts as numerically identical
 MAX_ERROR_CHARS = 300
@@ -495,7 +496,25 @@ def _noise(done: pd.DataFrame, runs: pd.DataFrame, cite: Citations) -> str:
         lines += [_contended_line(run, cite) for _, run in flagged.iterrows()]
         lines.append("")
     lines += _noise_advice(noisy, flagged, cv, ok, cite)
+    lines += _aa_controls(done, cite)
     return "\n".join(lines)
+
+
+def _aa_controls(done: pd.DataFrame, cite: Citations) -> list[str]:
+    """What each A/A control cell says: the same model measured as two cells should show no difference."""
+    controls = done[(done["optimization"] == AA_CONTROL) & done["verdict"].isin(VERDICT_WORDS)]
+    lines = []
+    for cell, row in controls.sort_values("batch_size").iterrows():
+        control = f"The A/A control `{cell}` (the baseline measured again as a cell of its own)"
+        if row["verdict"] == "no_difference":
+            lines.append(f"{control}: {cite.speedup(str(cell))}, as it should be.")
+        else:
+            lines.append(
+                f"{control} differs from the baseline: {cite.speedup(str(cell))}. Noise or drift on "
+                "this host alone made a verdict of that size: treat verdicts near it as unproven, and raise "
+                "`--repeats` or `--min-effect`, or measure on a quieter host."
+            )
+    return ["", *lines] if lines else []
 
 
 def _contended_line(run: pd.Series, cite: Citations) -> str:

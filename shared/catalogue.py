@@ -173,6 +173,8 @@ OPTIMIZATIONS: dict[str, Optimization] = {
             only_after=("fp16", "bf16", "tf32", "channels_last", "prune", "prune_structured", "dynamic_quant"),
         ),
         Optimization("compile", "torch.compile (mode from --compile-mode)", opaque=True),
+        # The baseline again, as a cell of its own: its verdict against the baseline is an A/A test of the host.
+        Optimization("aa_control", "the baseline measured again as its own cell (A/A control: expect no difference)"),
     ]
 }
 
@@ -207,8 +209,9 @@ def parse_chain(text: str) -> list[Optimization]:
         if wrong:
             allowed = ", ".join(opt.only_after)
             raise OptbenchError(f"in {text!r}, {opt.name} can't follow {wrong[0]}: only {allowed} may come before it")
-    if "baseline" in names and len(names) > 1:
-        raise OptbenchError(f"baseline is the plain fp32 model and can't be combined ({text!r})")
+    for plain in ("baseline", "aa_control"):
+        if plain in names and len(names) > 1:
+            raise OptbenchError(f"{plain} is the plain fp32 model and can't be combined ({text!r})")
     return chain
 
 

@@ -98,6 +98,15 @@ def test_prune_leaves_no_masks_or_original_weights_in_the_state_dict():
     assert size_stats(final.model)["sparsity"] == pytest.approx(0.3, abs=0.02)
 
 
+def test_the_aa_control_measures_exactly_the_baseline_model(baseline):
+    result = run_cell(tiny_spec(optimization="aa_control"))
+    assert result.status == "ok", result.error
+    assert result.optimization == "aa_control"
+    assert (result.top1_agreement, result.max_abs_error) == (1.0, 0.0)
+    for same in ("params_total", "params_nonzero", "model_size_mb", "gflops_per_sample"):
+        assert getattr(result, same) == getattr(baseline, same), same
+
+
 def test_structured_pruning_removes_parameters_and_keeps_the_output_shape(baseline):
     result = run_cell(tiny_spec(optimization="prune_structured"))
     assert result.status == "ok", result.error

@@ -279,13 +279,13 @@ def write_sweep(runs: list[dict[str, Any]], directory: Path, min_effect: float =
 
 
 # Throughput factor over the baseline per (optimization, batch size): fp16 only pays off at batch 8.
-EFFECTS = {("baseline", 1): 1.0, ("baseline", 8): 1.0, ("twin", 1): 1.0, ("twin", 8): 1.0,
+EFFECTS = {("baseline", 1): 1.0, ("baseline", 8): 1.0, ("aa_control", 1): 1.0, ("aa_control", 8): 1.0,
            ("fp16", 1): 1.0, ("fp16", 8): 1.3, ("prune", 1): 0.8, ("prune", 8): 0.8}  # fmt: skip
 REPEATS = 5
 
 
 def sweep_runs() -> list[dict[str, Any]]:
-    """Runs of a sweep with a real effect, an A/A twin, a contended run, a failed and an unsupported cell."""
+    """Runs of a sweep with a real effect, an A/A control, a contended run, a failed and an unsupported cell."""
     rng = np.random.default_rng(7)
     drift = 1 + rng.uniform(-0.03, 0.03, REPEATS + 1)  # each round shares its drift
     rows = []
@@ -331,18 +331,35 @@ def test_a_real_effect_is_called_faster_with_its_interval(sweep):
     assert re.search(r"- `prune` at batch 1: 0\.\d\dx \[0\.\d\dx, 0\.\d\dx\]: slower", report)
 
 
-def test_the_a_a_twin_and_a_null_effect_say_no_difference(sweep):
+def test_the_a_a_control_and_a_null_effect_say_no_difference(sweep):
     _, _, _, report = sweep
-    for start in ("- `twin` at batch 1: ", "- `twin` at batch 8: ", "- `fp16` at batch 1: "):
+    for start in ("- `aa_control` at batch 1: ", "- `aa_control` at batch 8: ", "- `fp16` at batch 1: "):
         assert re.match(
             r"- `\w+` at batch \d: \d\.\d\dx \[\d\.\d\dx, \d\.\d\dx\]: no difference \(", line_of(report, start)
         )
 
 
+def test_the_noise_section_reads_the_a_a_controls(sweep, tmp_path):
+    _, _, _, report = sweep
+    noise = report.split("## Noise")[1].split("\n## ")[0]
+    line = line_of(noise, "The A/A control `aa_control@bs1` (the baseline measured again as a cell of its own): ")
+    assert re.search(r": \d\.\d\dx \[\d\.\d\dx, \d\.\d\dx\]: no difference, as it should be\.$", line)
+    # A host that biases one of two identical cells by 10%: the control says so, and what to do.
+    biased = [
+        {**row, "throughput_sps": row["throughput_sps"] * 1.10} if row["optimization"] == "aa_control" else row
+        for row in sweep_runs()
+    ]
+    report = check_report(*write_sweep(biased, tmp_path), tmp_path / "report")
+    control = "The A/A control `aa_control@bs8` (the baseline measured again as a cell of its own)"
+    line = line_of(report, f"{control} differs")
+    assert re.search(r"baseline: 1\.\d\dx \[1\.\d\dx, 1\.\d\dx\]: faster\. Noise or drift on this host", line)
+    assert "raise `--repeats` or `--min-effect`" in line
+
+
 def test_the_best_table_names_a_winner_only_when_it_beats_every_other_cell(sweep):
     _, _, _, report = sweep
     throughput_1 = line_of(report, "| 1 | throughput (samples/s) |")
-    assert "| tie: " in throughput_1 and all(f"`{o}`" in throughput_1 for o in ("baseline", "twin", "fp16"))
+    assert "| tie: " in throughput_1 and all(f"`{o}`" in throughput_1 for o in ("baseline", "aa_control", "fp16"))
     assert "`prune`" not in throughput_1  # 20% slower: beaten, so not in the tie
     assert line_of(report, "| 8 | throughput (samples/s) |").startswith("| 8 | throughput (samples/s) | `fp16` | ")
     assert line_of(report, "| 8 | peak memory (MiB) |").startswith("| 8 | peak memory (MiB) | `fp16` | 400.00 | ")

@@ -23,6 +23,7 @@ from shared.spec import MAX_BATCH_SIZE, CellSpec
         ({"optimization": "fp16+dynamic_quant"}, "sets the precision twice"),
         ({"optimization": "torchscript+fp16"}, "must be the last step"),
         ({"optimization": "baseline+prune"}, "can't be combined"),
+        ({"optimization": "aa_control+fp16"}, "aa_control is the plain fp32 model and can't be combined"),
         ({"device": "tpu"}, "device must be one of"),
         ({"weights": "/no/such/file.pt"}, "no file '/no/such/file.pt'"),
         ({"weights": "imagenet"}, "auto, pretrained, random, synthetic or a state-dict file"),

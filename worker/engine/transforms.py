@@ -208,6 +208,7 @@ def _compile(prepared: Prepared, spec: CellSpec) -> Prepared:
 # The transform of each optimization in the catalogue (`shared/catalogue.py`), by name.
 TRANSFORMS: dict[str, Callable[[Prepared, CellSpec], Prepared]] = {
     "baseline": _baseline,
+    "aa_control": _baseline,  # the same model measured as another cell: an A/A test
     "tf32": _tf32,
     "fp16": _to_dtype(torch.float16),
     "bf16": _to_dtype(torch.bfloat16),
