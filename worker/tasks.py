@@ -12,7 +12,7 @@ What happens to a run, in order:
 - its process crashing is retried through Celery's retry (a new delivery) until that bound;
 - a warm shutdown (SIGTERM) kills the running cell and puts its message back in the queue at once.
 Each worker also beats into Redis every few seconds (`shared/liveness.py`), so a run whose worker
-vanished is shown `lost`, not `running`.
+vanished is shown `lost`, not `running`. A Redis restart fails no run: the task's Redis calls wait for it.
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import redis
 from celery.exceptions import Ignore, Reject
 from celery.signals import worker_ready, worker_shutting_down
+from kombu.exceptions import OperationalError
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from shared import keys, liveness, manifest
 from shared.celery_app import app, settings
@@ -34,6 +39,11 @@ from worker.isolation import run_isolated, start_forkserver, stop_all
 
 log = logging.getLogger(__name__)
 REQUEUED = "REQUEUED"  # the task state of a run its worker put back in the queue (shown as `queued`)
+# A Redis restart must not fail a run: its calls wait for Redis for about two minutes (0.1 s doubling to
+# 5 s between 30 tries), as the result backend's own reads and stores do (`result_backend_always_retry`).
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+REDIS_RETRY = Retry(ExponentialBackoff(cap=5.0, base=0.1), retries=30, supported_errors=UNREACHABLE)
+T = TypeVar("T")
 
 
 _heartbeat = {"stop": threading.Event(), "worker": None}
@@ -62,11 +72,12 @@ def run_cell(self, **kwargs: Any) -> dict:
         log.warning("rejected task %s: %s", self.request.id, exc)
         return _envelope(self, kwargs, CellResult.failed(kwargs.get("spec") or {}, "invalid_spec", str(exc)))
 
-    stored = app.backend.get_task_meta(self.request.id)
+    client = app.backend.client
+    stored = app.backend.get_task_meta(self.request.id)  # the backend retries its reads itself
     if stored["status"] == "SUCCESS":  # a redelivery of a task whose result is stored (its ack was lost)
         log.info("run %s of sweep %s: already done, not run again", task.run_id, task.sweep_id)
         return stored["result"]
-    if not manifest.claim(app.backend.client, task.sweep_id, task.run_id, task.attempt, self.request.id):
+    if not _redis(lambda: manifest.claim(client, task.sweep_id, task.run_id, task.attempt, self.request.id)):
         log.info("run %s of sweep %s, attempt %d, is not current: not run", task.run_id, task.sweep_id, task.attempt)
         error = "a newer attempt of this run is current (or no sweep lists it): acknowledged without running"
         return _envelope(self, kwargs, CellResult.failed(spec, "superseded", error), superseded=True)
@@ -77,22 +88,33 @@ def run_cell(self, **kwargs: Any) -> dict:
         error = f"gave up after {tries - 1} tries: its process died or its worker was lost each time"
         return _envelope(self, kwargs, CellResult.failed(spec, "gave_up", error), tries=tries - 1)
 
-    client = app.backend.client
-    token = liveness.take_ownership(client, task.sweep_id, task.run_id, task.attempt, settings.result_expires)
+    token = _redis(
+        lambda: liveness.take_ownership(client, task.sweep_id, task.run_id, task.attempt, settings.result_expires)
+    )
+
+    def owner() -> bool:
+        return liveness.owns(client, task.sweep_id, task.run_id, task.attempt, token)
 
     def still_owner() -> bool:
-        return liveness.owns(client, task.sweep_id, task.run_id, task.attempt, token)
+        """Asked at each progress report: an unreachable Redis is no reason to stop the cell."""
+        try:
+            return owner()
+        except UNREACHABLE as exc:
+            log.warning(
+                "run %s of sweep %s: ownership not checked, Redis unreachable: %s", task.run_id, task.sweep_id, exc
+            )
+            return True
 
     outcome, result = run_isolated(
         spec, settings.cell_time_limit, _progress_reporter(self, task), task.fault, still_owner=still_owner
     )
-    if outcome == "superseded" or not still_owner():
+    if outcome == "superseded" or not _redis(owner):
         # This worker was frozen or cut off long enough for the broker to hand the run to another
         # worker, which owns it now: its result is the run's, this one is dropped (nothing stored).
         log.warning("run %s of sweep %s was delivered again meanwhile: result dropped", task.run_id, task.sweep_id)
         raise Ignore()
     if outcome == "stopped":
-        client.hincrby(*counter, -1)  # not the cell's fault: this delivery doesn't count
+        _redis(lambda: client.hincrby(*counter, -1))  # not the cell's fault: this delivery doesn't count
         log.info("worker shutting down: run %s of sweep %s goes back to the queue", task.run_id, task.sweep_id)
         self.update_state(state=REQUEUED, meta={"sweep_id": task.sweep_id, "run_id": task.run_id})
         raise Reject("worker shutting down", requeue=True)
@@ -120,11 +142,18 @@ def _envelope(task, kwargs: dict[str, Any], result: CellResult, **extra: Any) ->
     return envelope.to_dict()
 
 
+def _redis(call: Callable[[], T]) -> T:
+    """`call()`, its Redis commands retried while Redis is unreachable (restarting)."""
+    return REDIS_RETRY.call_with_retry(call, lambda error: log.warning("Redis unreachable, retrying: %s", error))
+
+
 def _count_delivery(key: str, field: str) -> int:
-    client = app.backend.client
-    with client.pipeline() as pipe:
-        tries, _ = pipe.hincrby(key, field, 1).expire(key, settings.result_expires).execute()
-    return tries
+    def count() -> int:
+        with app.backend.client.pipeline() as pipe:
+            tries, _ = pipe.hincrby(key, field, 1).expire(key, settings.result_expires).execute()
+        return tries
+
+    return _redis(count)
 
 
 def _progress_reporter(task, cell_task: CellTask):
@@ -134,6 +163,9 @@ def _progress_reporter(task, cell_task: CellTask):
         meta = {"sweep_id": cell_task.sweep_id, "run_id": cell_task.run_id, "phase": phase, **details}
         task.update_state(state="PROGRESS", meta=meta)  # the result backend: `producer status`, Flower's API
         # The event stream: Flower's task page and /api/task/info show state PROGRESS and this as the result.
-        task.send_event("task-progress", result=json.dumps(meta))
+        try:
+            task.send_event("task-progress", result=json.dumps(meta))
+        except (OperationalError, *UNREACHABLE) as exc:  # the broker is restarting: this progress event is lost
+            log.warning("progress event of %s not sent: %s", cell_task.run_id, exc)
 
     return report
