@@ -88,11 +88,11 @@ def private_redis(data_dir: Path, port: int | None = None) -> Iterator[str]:
     password = _private_password(data_dir)
     port = port or free_port()
     config = data_dir / "redis.conf"
-    config.touch(mode=0o600)
-    config.write_text(
+    _write_private(
+        config,
         f"port {port}\nbind 127.0.0.1 -::1\nprotected-mode yes\nrequirepass {password}\n"
         f'dir {data_dir.resolve()}\nappendonly yes\nappendfsync everysec\nsave ""\n'
-        "maxmemory-policy noeviction\ndaemonize no\nlogfile redis.log\n"
+        "maxmemory-policy noeviction\ndaemonize no\nlogfile redis.log\n",
     )
     process = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"redis://:{password}@127.0.0.1:{port}/0"
@@ -141,11 +141,11 @@ def private_rabbitmq(data_dir: Path, cell_time_limit: float, port: int | None = 
     password = _private_password(data_dir)
     port = port or free_port()
     settings = data_dir / "rabbitmq.conf"
-    settings.touch(mode=0o600)
-    settings.write_text(
+    _write_private(
+        settings,
         f"listeners.tcp.1 = 127.0.0.1:{port}\ndefault_user = optbench\ndefault_pass = {password}\n"
         f"consumer_timeout = {int(config.consumer_timeout(cell_time_limit) * 1000)}\n"
-        "log.console = false\nlog.file.level = warning\n"
+        "log.console = false\nlog.file.level = warning\n",
     )
     (data_dir / "enabled_plugins").write_text("[].\n")
     epmd_port = str(free_port())
@@ -235,9 +235,14 @@ def _private_password(data_dir: Path) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     password_file = data_dir / "password"
     if not password_file.exists():
-        password_file.touch(mode=0o600)
-        password_file.write_text(secrets.token_urlsafe(24))
+        _write_private(password_file, secrets.token_urlsafe(24))
     return password_file.read_text().strip()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` into a file only its owner may read (created with mode 600 before anything is in it)."""
+    path.touch(mode=0o600)
+    path.write_text(text)
 
 
 def _wait_for(check, timeout: float, what: str, process: subprocess.Popen) -> None:

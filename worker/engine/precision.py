@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import torch
 
-MIN_TF32_CAPABILITY = (8, 0)  # Ampere
-
 
 def set_tf32(enabled: bool) -> None:
     """Allow (or forbid) TF32 in fp32 cuDNN convolutions and in fp32 matmuls (cuBLAS; oneDNN where it has it)."""
@@ -45,11 +43,11 @@ def _effective(value: str, parents: list[str]) -> str:
     return "ieee"
 
 
-def tf32_unsupported_reason(device: torch.device) -> str | None:
-    """Why `tf32` can't mean anything on this CUDA device (None when it can)."""
+def capability_shortfall(device: torch.device, minimum: tuple[int, int], needs: str) -> str | None:
+    """`needs` and this GPU's compute capability when the CUDA device is below `minimum`; None otherwise or off CUDA."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
     major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) < MIN_TF32_CAPABILITY:
-        return f"tf32 needs compute capability 8.0 (Ampere) or newer; this GPU is {major}.{minor}"
+    if (major, minor) < minimum:
+        return f"{needs}; this GPU is {major}.{minor}"
     return None

@@ -23,7 +23,7 @@ from torch.nn.utils import prune
 
 from worker.engine import onnx_runtime, quantize
 from worker.engine.models import make_inputs
-from worker.engine.precision import set_tf32, tf32_unsupported_reason
+from worker.engine.precision import capability_shortfall, set_tf32
 
 if TYPE_CHECKING:
     from shared.catalogue import Optimization
@@ -36,7 +36,11 @@ PRUNE_ROUND_TO = 8
 # from seeds apart from the timed, probe and `synthetic` weights' inputs.
 CALIBRATION_SAMPLES = 32
 CALIBRATION_SEED_OFFSET = 2000
-FLOAT8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper: float8 tensor cores
+# Steps that need tensor cores of a minimum CUDA compute capability, and what their refusal says.
+MIN_CAPABILITY = {
+    "tf32": ((8, 0), "tf32 needs compute capability 8.0 (Ampere) or newer"),
+    "float8": ((8, 9), "float8 needs compute capability 8.9 or newer (H100, H200, L4, RTX 40 and newer)"),
+}
 # What each optimization imports beyond torch, and the pinned requirement to install (pyproject's worker extra).
 PACKAGES: dict[str, tuple[tuple[str, str], ...]] = {
     **{
@@ -241,10 +245,9 @@ def unsupported_here(chain: list[Optimization], device: torch.device) -> str | N
         missing = missing_package(name)
         if missing:
             return f"{name} needs {missing.partition('==')[0]}, which is not installed here: install {missing}"
-    if "tf32" in names and (reason := tf32_unsupported_reason(device)):
-        return reason
-    if "float8" in names and (reason := float8_unsupported_reason(device)):
-        return reason
+    for name in names:
+        if name in MIN_CAPABILITY and (reason := capability_shortfall(device, *MIN_CAPABILITY[name])):
+            return reason
     if "int8_static" in names and platform.machine().lower() not in ("x86_64", "amd64"):
         return f"int8_static uses the X86InductorQuantizer's oneDNN kernels: x86-64 only, not {platform.machine()}"
     if "onnxruntime" in names and device.type == "cuda":
@@ -259,19 +262,6 @@ def missing_package(optimization: str) -> str | None:
             importlib.import_module(module)
         except ImportError:
             return requirement
-    return None
-
-
-def float8_unsupported_reason(device: torch.device) -> str | None:
-    """float8 matmuls need float8 tensor cores: compute capability 8.9 (Ada) or 9.0 (Hopper) and newer."""
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) < FLOAT8_MIN_CAPABILITY:
-        return (
-            "float8 needs compute capability 8.9 or newer (H100, H200, L4, RTX 40 and newer); "
-            f"this GPU is {major}.{minor}"
-        )
     return None
 
 
