@@ -1,4 +1,4 @@
-"""`python -m producer sweep|status|rerun|resume|flower`: start a sweep, look at it, re-run or resume its runs.
+"""`python -m producer sweep|status|rerun|resume|decide|flower`: start a sweep, look at it, re-run, resume or decide it.
 
 Bad input is one line on stderr and exit status 2, with nothing enqueued. Needs no torch.
 """
@@ -13,8 +13,9 @@ import sys
 
 from rich.console import Console
 
-from producer.progress import Stalled, describe_unserved, status_table, unserved_queues, wait
+from producer.progress import Stalled, describe_unserved, status_table, unserved_queues
 from producer.sweep import (
+    AUTO,
     DEFAULT_OPTIMIZATIONS,
     DEFAULT_REPEATS,
     SweepRequest,
@@ -23,6 +24,7 @@ from producer.sweep import (
     parse_batch_sizes,
     parse_cell_ids,
     parse_list,
+    parse_repeats,
     plan,
     rerun,
     resolve_device,
@@ -30,6 +32,7 @@ from producer.sweep import (
 )
 from shared import keys, manifest
 from shared.cli import SPEC_DEFAULTS, OneLineParser, add_cell_arguments, one_line_errors
+from shared.config import DEFAULT_MAX_REPEATS
 from shared.errors import OptbenchError
 from shared.services import BROKERS, Session, session
 from shared.state import sweep_rows
@@ -86,7 +89,9 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
         gpu_model=args.gpu_model,
         name=args.name,
         cell_options={name: getattr(args, name) for name in CELL_OPTIONS if getattr(args, name) is not None},
-        repeats=args.repeats,
+        repeats=parse_repeats(args.repeats),
+        max_repeats=args.max_repeats,
+        time_budget=args.time_budget,
         order_seed=args.order_seed,
     )
     # Bad input fails here, before any connection or service starts (cells validate alike on any device).
@@ -104,11 +109,24 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
         state["sweep_id"] = sweep.id
         where = f"{device} (queue {gpu_queue})" if device == "cuda" else device
         cells = len(sweep.cell_ids())
+        policy = (
+            f"{request.first_rounds} rounds, then more for undecided cells only (up to {request.max_repeats}"
+            + (f", or {request.time_budget:g} s" if request.time_budget else "")
+            + ")"
+            if request.repeats == AUTO
+            else f"{request.repeats} runs"
+        )
         console.print(
-            f"sweep [bold]{sweep.id}[/]: {cells} cells x {request.repeats} runs = {len(sweep.runs)} runs on {where}, "
+            f"sweep [bold]{sweep.id}[/]: {cells} cells x {policy}: {len(sweep.runs)} runs on {where}, "
             f"interleaved round by round (order seed {sweep.spec['order_seed']})",
             highlight=False,
         )
+        if request.repeats == AUTO and not args.wait:
+            console.print(
+                f"more rounds start only while a client drives the sweep: `python -m producer decide --sweep "
+                f"{sweep.id}` (or resume)",
+                highlight=False,
+            )
         _warn_unserved(s, sweep, console, queues)
         print(sweep.id)
         if args.wait:
@@ -117,10 +135,18 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
 
 
 def cmd_status(args: argparse.Namespace, console: Console, state: dict) -> int:
+    from producer.decide import look, open_cells, verdict_table
+    from results.collect import runs_frame
+
     with session(args.start_missing, need_workers=False, broker=args.broker) as s:
         sweep = manifest.load(s.client, args.sweep)
         rows = sweep_rows(s.app.backend, sweep)
         console.print(status_table(sweep, rows))
+        cells = look(runs_frame(rows), sweep)
+        if (cells["verdict"].astype(str) != "").any():
+            undecided = [] if sweep.spec.get("stopped") or sweep.spec.get("repeats") != AUTO else open_cells(cells)
+            stopped = f" (stopped: {sweep.spec['stopped']})" if sweep.spec.get("stopped") else ""
+            console.print(verdict_table(cells, undecided, f"verdicts so far{stopped}"))
         if any(row["status"] == "queued" for row in rows):
             _warn_unserved(s, sweep, console, online_queues(s.app), rows)
     return 0
@@ -163,6 +189,19 @@ def cmd_resume(args: argparse.Namespace, console: Console, state: dict) -> int:
     return 0
 
 
+def cmd_decide(args: argparse.Namespace, console: Console, state: dict) -> int:
+    """Drive a sweep started without waiting: wait for its runs, add rounds for undecided cells (`--repeats
+    auto`) until it stops, then collect and report. Any client of the sweep's Redis can run it."""
+    with session(args.start_missing, need_workers=True, broker=args.broker) as s:
+        state["session"] = s
+        sweep = manifest.load(s.client, args.sweep)
+        state["sweep_id"] = sweep.id
+        if sweep.spec.get("repeats") != AUTO:
+            console.print(f"sweep {sweep.id} has a fixed {sweep.spec['repeats']} runs per cell: waiting and collecting")
+        finish(s, sweep.id, console, args.stall_timeout)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace, console: Console, state: dict) -> int:
     """The names a sweep accepts, from the catalogue (no torch needed)."""
     from shared.catalogue import MODELS, OPTIMIZATIONS
@@ -197,12 +236,15 @@ def _warn_unserved(s: Session, sweep, console: Console, queues: set[str] | None,
 
 
 def finish(s: Session, sweep_id: str, console: Console, stall_timeout: float | None) -> None:
-    """Wait for every run, then write the CSVs and the report, and show the table."""
+    """Wait for every run (adding rounds for undecided cells of a `--repeats auto` sweep), then write the CSVs
+    and the report, and show the table."""
+    from producer.decide import drive
     from results.collect import collect
     from results.report import write_report
 
     stall = stall_timeout if stall_timeout is not None else s.settings.stall_timeout
-    rows = wait(s.app.backend, s.client, sweep_id, console, lambda: online_queues(s.app), stall)
+    online = lambda: online_queues(s.app)  # noqa: E731
+    rows = drive(s.app.backend, s.client, s.app, sweep_id, console, online, stall, s.settings.result_expires)
     sweep = manifest.load(s.client, sweep_id)
     paths = collect(s.app.backend, sweep, s.settings.results_dir, manifest.latest_id(s.client) == sweep_id)
     report = write_report(paths.cells, paths.runs, paths.cells.with_suffix(""))
@@ -219,8 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--optimizations", help=f"comma-separated (default: {','.join(DEFAULT_OPTIMIZATIONS)})")
     sweep.add_argument("--batch-sizes", help="comma-separated (default: 1,2,4,8,16 on a GPU, 1,2,4 on a CPU)")
     sweep.add_argument(
-        "--repeats", type=int, default=DEFAULT_REPEATS, help="runs per cell, each in a fresh process (default 3)"
+        "--repeats",
+        default=DEFAULT_REPEATS,
+        help="runs per cell, each in a fresh process: a number, or auto (default): 3, then more rounds for the "
+        "cells whose verdict is still inconclusive",
     )
+    sweep.add_argument(
+        "--max-repeats",
+        type=int,
+        default=DEFAULT_MAX_REPEATS,
+        help=f"with --repeats auto: the most rounds a cell gets (default {DEFAULT_MAX_REPEATS})",
+    )
+    sweep.add_argument("--time-budget", type=float, help="with --repeats auto: seconds after which no new round starts")
     sweep.add_argument("--order-seed", type=int, help="seed of the per-round shuffle (default: random, recorded)")
     sweep.add_argument("--name", help="a label kept with the sweep")
     sweep.add_argument(
@@ -234,11 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     rerun_.add_argument("--cells", help="comma-separated cell ids (all their runs) or run ids: fp16@bs16,prune@bs1#2")
     rerun_.add_argument("--failed", action="store_true", help="every run whose status is failed")
     resume = commands.add_parser("resume", help="finish an interrupted sweep: send its unfinished runs again and wait")
-    for command in (status, rerun_, resume):
+    decide = commands.add_parser(
+        "decide", help="drive a --repeats auto sweep from this client: more rounds for undecided cells, then collect"
+    )
+    for command in (status, rerun_, resume, decide):
         command.add_argument("--sweep", default="latest", help="sweep id, or latest (default)")
     for command in (sweep, rerun_):
         command.add_argument("--wait", action="store_true", help="show progress until done, then write the CSVs")
-    for command in (sweep, rerun_, resume):
+    for command in (sweep, rerun_, resume, decide):
         command.add_argument(
             "--stall-timeout",
             type=float,
@@ -248,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     flower = commands.add_parser("flower", help="Flower on this Redis, basic auth from OPTBENCH_FLOWER_USER/_PASSWORD")
     flower.add_argument("--address", default="127.0.0.1", help="listen address (default loopback)")
     flower.add_argument("--port", type=int, default=5555)
-    for command in (sweep, status, rerun_, resume, flower):
+    for command in (sweep, status, rerun_, resume, decide, flower):
         command.add_argument(
             "--start-missing",
             action="store_true",
@@ -269,6 +324,7 @@ COMMANDS = {
     "status": cmd_status,
     "rerun": cmd_rerun,
     "resume": cmd_resume,
+    "decide": cmd_decide,
     "list": cmd_list,
     "flower": cmd_flower,
 }

@@ -33,9 +33,11 @@ def status_table(sweep: Sweep, rows: list[dict[str, Any]]) -> Table:
     counts = Counter(row["status"] for row in rows)
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     repeats = sweep.spec.get("repeats", 1)
-    title = (
-        f"sweep {sweep.id}{f' ({sweep.name})' if sweep.name else ''}: {len(rows)} runs ({repeats} per cell): {summary}"
-    )
+    if repeats == "auto":
+        per_cell = f"{sweep.spec.get('rounds')} rounds so far, auto up to {sweep.spec.get('max_repeats')}"
+    else:
+        per_cell = f"{repeats} per cell"
+    title = f"sweep {sweep.id}{f' ({sweep.name})' if sweep.name else ''}: {len(rows)} runs ({per_cell}): {summary}"
     table = Table(title=title)
     numeric = ("attempts", "p50 ms", "p99 ms", "samples/s")
     for column in ("run", "status", "device", "worker", "attempts", "p50 ms", "p99 ms", "samples/s", "note"):

@@ -1,9 +1,11 @@
 """Sweeps: plan every run (validating all cells first), record the manifest, enqueue one task per run.
 
-Each cell (optimization x batch size) is measured `repeats` times, each run its own task in its
-own fresh process. Runs are enqueued round by round (every cell's run 1, then every cell's run 2,
-...) in an order shuffled per round from the sweep's recorded seed, so that drift and a noisy
-neighbour land on every optimization alike. A cell whose optimization runs only on the CPU
+Each cell (optimization x batch size) is measured in rounds, each run its own task in its own
+fresh process: `repeats` rounds, or with `repeats="auto"` 3 rounds and then one more round at a
+time for the cells whose verdict is still open (`producer/decide.py`), up to `max_repeats`. Runs
+are enqueued round by round (every cell's run 1, then every cell's run 2, ...) in an order shuffled
+per round from the sweep's recorded seed, so that drift and a noisy neighbour land on every
+optimization alike. A cell whose optimization runs only on the CPU
 (dynamic_quant), and every cell of a CPU sweep, goes to the `optbench.cpu` queue; the others of a
 CUDA sweep go to the `optbench.gpu` queue (or one GPU model's queue).
 """
@@ -20,14 +22,16 @@ import redis
 
 from shared import keys, manifest
 from shared.catalogue import normalize, parse_chain, preferred_device
+from shared.config import DEFAULT_MAX_REPEATS, MAX_REPEATS
 from shared.contract import TASK_NAME, run_id
 from shared.environment import utc_now
 from shared.errors import OptbenchError
 from shared.manifest import RunEntry, Sweep
 from shared.spec import CellSpec
 
-DEFAULT_REPEATS = 3
-MAX_REPEATS = 100
+AUTO = "auto"
+DEFAULT_REPEATS = AUTO
+FIRST_ROUNDS = 3  # rounds every cell of an `auto` sweep runs before its first verdict
 DEFAULT_OPTIMIZATIONS = ("baseline", "fp16", "prune", "dynamic_quant", "torchscript")
 DEFAULT_BATCH_SIZES = {"cuda": (1, 2, 4, 8, 16), "cpu": (1, 2, 4)}  # the CPU set finishes in minutes
 
@@ -42,8 +46,15 @@ class SweepRequest:
     gpu_model: str | None = None  # a GPU name to pin the sweep to, `any` to allow mixed GPUs, None: the only one
     name: str | None = None
     cell_options: dict[str, Any] = field(default_factory=dict)
-    repeats: int = DEFAULT_REPEATS
+    repeats: int | str = DEFAULT_REPEATS  # a number of rounds, or "auto": until decided
+    max_repeats: int = DEFAULT_MAX_REPEATS  # with "auto": the most rounds a cell gets
+    time_budget: float | None = None  # with "auto": seconds after which no new round starts
     order_seed: int | None = None  # None: drawn at random and recorded in the sweep
+
+    @property
+    def first_rounds(self) -> int:
+        """The rounds enqueued at once: all of them, or the first 3 of an `auto` sweep."""
+        return min(FIRST_ROUNDS, self.max_repeats) if self.repeats == AUTO else int(self.repeats)
 
 
 def parse_list(text: str, what: str) -> tuple[str, ...]:
@@ -51,6 +62,16 @@ def parse_list(text: str, what: str) -> tuple[str, ...]:
     if not text.strip() or any(not item for item in items):
         raise OptbenchError(f"{what} must be a comma-separated list without empty items (got {text!r})")
     return items
+
+
+def parse_repeats(text: str) -> int | str:
+    """`auto` or a whole number of rounds."""
+    if text.strip() == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise OptbenchError(f"repeats must be auto or a whole number of runs per cell (got {text!r})") from None
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -111,10 +132,17 @@ def plan(request: SweepRequest, device: str) -> list[CellSpec]:
     """Every cell of the sweep, each validated; raises OptbenchError before anything is sent."""
     if not request.optimizations:
         raise OptbenchError("the sweep has no optimizations")
-    if isinstance(request.repeats, bool) or not isinstance(request.repeats, int):
-        raise OptbenchError(f"repeats must be an integer (got {request.repeats!r})")
-    if not 1 <= request.repeats <= MAX_REPEATS:
-        raise OptbenchError(f"repeats must be between 1 and {MAX_REPEATS} (got {request.repeats})")
+    if request.repeats != AUTO:
+        if isinstance(request.repeats, bool) or not isinstance(request.repeats, int):
+            raise OptbenchError(f"repeats must be auto or an integer (got {request.repeats!r})")
+        if not 1 <= request.repeats <= MAX_REPEATS:
+            raise OptbenchError(f"repeats must be between 1 and {MAX_REPEATS} (got {request.repeats})")
+    max_repeats = request.max_repeats
+    if isinstance(max_repeats, bool) or not isinstance(max_repeats, int) or not 2 <= max_repeats <= MAX_REPEATS:
+        raise OptbenchError(f"max repeats must be an integer between 2 and {MAX_REPEATS} (got {max_repeats!r})")
+    budget = request.time_budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
+        raise OptbenchError(f"time budget must be a positive number of seconds (got {budget!r})")
     batch_sizes = request.batch_sizes if request.batch_sizes is not None else DEFAULT_BATCH_SIZES[device]
     if not batch_sizes:
         raise OptbenchError("the sweep has no batch sizes")
@@ -133,14 +161,22 @@ def plan(request: SweepRequest, device: str) -> list[CellSpec]:
     return cells
 
 
+def round_order(cell_ids: list[str], repeat: int, seed: int) -> list[str]:
+    """The run ids of one round, its cells shuffled from the sweep's seed and the round's number."""
+    shuffled = list(cell_ids)
+    random.Random(f"{seed}:{repeat}").shuffle(shuffled)
+    return [run_id(cell, repeat) for cell in shuffled]
+
+
 def enqueue_order(cell_ids: list[str], repeats: int, seed: int) -> list[str]:
     """Run ids round by round (every cell's run 1, then run 2, ...), the cells shuffled anew in each round."""
-    order = []
-    for repeat in range(1, repeats + 1):
-        shuffled = list(cell_ids)
-        random.Random(f"{seed}:{repeat}").shuffle(shuffled)
-        order += [run_id(cell, repeat) for cell in shuffled]
-    return order
+    return [rid for repeat in range(1, repeats + 1) for rid in round_order(cell_ids, repeat, seed)]
+
+
+def run_entry(cell: CellSpec, repeat: int, gpu_queue: str) -> RunEntry:
+    rid = run_id(cell.cell_id, repeat)
+    queue = gpu_queue if cell.device == "cuda" else keys.CPU_QUEUE
+    return RunEntry(rid, cell.cell_id, repeat, cell.to_dict(), queue, manifest.new_task_id())
 
 
 def create(
@@ -156,18 +192,12 @@ def create(
     cells = plan(request, device)
     seed = request.order_seed if request.order_seed is not None else secrets.randbelow(2**31)
     cell_ids = [cell.cell_id for cell in cells]
-    order = enqueue_order(cell_ids, request.repeats, seed)
+    rounds = request.first_rounds
+    order = enqueue_order(cell_ids, rounds, seed)
     runs = {
-        run_id(cell.cell_id, repeat): RunEntry(
-            run_id=run_id(cell.cell_id, repeat),
-            cell_id=cell.cell_id,
-            repeat=repeat,
-            spec=cell.to_dict(),
-            queue=gpu_queue if cell.device == "cuda" else keys.CPU_QUEUE,
-            task_id=manifest.new_task_id(),
-        )
+        entry.run_id: entry
         for cell in cells
-        for repeat in range(1, request.repeats + 1)
+        for entry in (run_entry(cell, repeat, gpu_queue) for repeat in range(1, rounds + 1))
     }
     unknown = sorted(set(faults or {}) - set(runs))
     if unknown:
@@ -185,6 +215,9 @@ def create(
             "cell_options": request.cell_options,
             "cells": cell_ids,
             "repeats": request.repeats,
+            "rounds": rounds,
+            "max_repeats": request.max_repeats if request.repeats == AUTO else request.repeats,
+            "time_budget": request.time_budget,
             "order_seed": seed,
         },
         runs=runs,
@@ -211,11 +244,31 @@ def rerun(app, client: redis.Redis, sweep: Sweep, run_ids: list[str], ttl: int) 
     if not run_ids:
         raise OptbenchError("no runs to re-run")
     # In the sweep's own order, round by round, so that the runs re-run together are interleaved too.
-    order = enqueue_order(sweep.cell_ids(), sweep.spec["repeats"], sweep.spec["order_seed"])
+    order = enqueue_order(sweep.cell_ids(), rounds_of(sweep), sweep.spec["order_seed"])
     position = {rid: index for index, rid in enumerate(order)}
     run_ids = sorted(dict.fromkeys(run_ids), key=lambda rid: position.get(rid, len(position)))
     entries = [manifest.new_attempt(client, sweep.id, rid) for rid in run_ids]
     client.expire(keys.sweep(sweep.id), ttl)
+    send(app, sweep, entries, {})
+    return entries
+
+
+def rounds_of(sweep: Sweep) -> int:
+    """How many rounds a sweep has enqueued so far (its `repeats`, for a sweep made before `auto`)."""
+    return int(sweep.spec.get("rounds") or sweep.spec["repeats"])
+
+
+def add_round(app, client: redis.Redis, sweep: Sweep, cell_ids: list[str], ttl: int) -> list[RunEntry]:
+    """Enqueue the next round for `cell_ids` only (in the round's shuffled order), recording it first."""
+    repeat = rounds_of(sweep) + 1
+    specs = {r.cell_id: r.spec for r in sweep.runs.values()}
+    queues = {r.cell_id: r.queue for r in sweep.runs.values()}
+    order = round_order([c for c in sweep.cell_ids() if c in cell_ids], repeat, sweep.spec["order_seed"])
+    entries = [
+        RunEntry(rid, sweep_cell, repeat, specs[sweep_cell], queues[sweep_cell], manifest.new_task_id())
+        for rid, sweep_cell in ((rid, rid.rsplit("#", 1)[0]) for rid in order)
+    ]
+    manifest.add_runs(client, sweep, entries, {"rounds": repeat}, ttl)
     send(app, sweep, entries, {})
     return entries
 

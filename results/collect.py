@@ -17,7 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from results.sequential import Looks, looks_for
 from results.stats import aggregate
+from shared.config import DEFAULT_MIN_EFFECT
 from shared.manifest import Sweep
 from shared.state import RUN_COLUMNS, sweep_rows
 
@@ -39,9 +41,9 @@ def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     )
 
 
-def cells_frame(runs: pd.DataFrame, min_effect: float = 0.03) -> pd.DataFrame:
+def cells_frame(runs: pd.DataFrame, min_effect: float = DEFAULT_MIN_EFFECT, looks: Looks | None = None) -> pd.DataFrame:
     """One row per cell; grouped by device name when several GPU models took part (`--gpu-model any`)."""
-    cells = aggregate(runs, min_effect=min_effect)
+    cells = aggregate(runs, min_effect=min_effect, looks=looks)
     return cells.sort_values("device_name", kind="stable", na_position="last").reset_index(drop=True)
 
 
@@ -58,10 +60,12 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         raise
 
 
-def collect(backend, sweep: Sweep, results_dir: Path, is_latest: bool, min_effect: float = 0.03) -> Written:
+def collect(
+    backend, sweep: Sweep, results_dir: Path, is_latest: bool, min_effect: float = DEFAULT_MIN_EFFECT
+) -> Written:
     """Write the sweep's runs CSV and cells CSV (and benchmark_results.csv when it is the latest sweep)."""
     runs = runs_frame(sweep_rows(backend, sweep))
-    cells = cells_frame(runs, min_effect)
+    cells = cells_frame(runs, min_effect, looks_for(sweep.spec))
     written = Written(
         cells=results_dir / f"{sweep.id}.csv",
         runs=results_dir / f"{sweep.id}_runs.csv",

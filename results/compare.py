@@ -3,14 +3,16 @@
 A and B are sweep ids (their `<results dir>/<id>_runs.csv`) or paths to runs CSVs. The cells both
 sweeps share (same model, optimization, batch size and image size) are compared on their ok runs.
 The runs of two sweeps are not blocks of one another (different rounds, perhaps different machines),
-so each ratio B/A is unpaired: Welch's t on the log values (see results/stats.py). A last row gives
-the geometric mean of the ratios over the cells, with a t-interval over the cells' log ratios.
+so each ratio B/A is unpaired: Welch's t on the log values (see results/stats.py). Verdicts are the
+four of a sweep (faster, slower, equivalent, inconclusive), and like a sweep's they share the stated
+error rate among the cells compared (Bonferroni: each cell's intervals at `1 - alpha / cells`), so a
+comparison of many cells makes no more false calls than one. A last row gives the geometric mean of the
+ratios over the cells, with a t-interval over the cells' log ratios at the stated confidence.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -18,8 +20,20 @@ import numpy as np
 import pandas as pd
 
 from results.collect import write_csv
-from results.stats import Ratio, numeric, ratio_interval, usable_runs, value_interval, verdict, verdict_of
+from results.stats import (
+    Ratio,
+    Verdict,
+    numeric,
+    ratio_interval,
+    rounds_to_decide,
+    usable_runs,
+    value_interval,
+    verdict,
+    verdict_of,
+)
+from shared import config
 from shared.cli import OneLineParser
+from shared.errors import OptbenchError
 
 PROG = "python -m results compare"
 KEYS = ("model", "optimization", "batch_size", "image_size")
@@ -43,10 +57,13 @@ COLUMNS = (
     "latency_ratio_ci_low",
     "latency_ratio_ci_high",
     "latency_verdict",
+    "verdict_confidence",
+    "throughput_runs_to_decide",
 )
+ISA_COLUMN = "cpu_isa"
 
 
-class CompareError(ValueError):
+class CompareError(OptbenchError):
     """Bad input: reported as one line, exit status 2."""
 
 
@@ -67,6 +84,15 @@ def _first(runs: pd.DataFrame, column: str) -> object:
     return runs[column].iloc[0] if column in runs.columns else math.nan
 
 
+def _runs_to_decide(ratio: Ratio, min_effect: float, confidence: float) -> float:
+    """For an inconclusive ratio, the runs per sweep that would likely clear the band at the observed spread."""
+    if verdict(ratio, min_effect) is not Verdict.INCONCLUSIVE or not ratio.estimate > 0:
+        return math.nan
+    # Welch's SE with n runs a side is about spread * sqrt(2 / n): the rounds estimate for spread * sqrt(2)
+    needed = rounds_to_decide(math.log(ratio.estimate), ratio.sd_log * math.sqrt(2), min_effect, confidence)
+    return math.nan if needed is None else needed
+
+
 def _cell_row(key: tuple, a: pd.DataFrame, b: pd.DataFrame, min_effect: float, confidence: float) -> dict:
     throughput = ratio_interval(_numeric(b, "throughput_sps"), _numeric(a, "throughput_sps"), confidence, paired=False)
     # Lower latency is better: the verdict is taken on A/B (> 1 better), the table shows B/A.
@@ -83,13 +109,15 @@ def _cell_row(key: tuple, a: pd.DataFrame, b: pd.DataFrame, min_effect: float, c
         "throughput_ratio": throughput.estimate,
         "throughput_ratio_ci_low": throughput.low,
         "throughput_ratio_ci_high": throughput.high,
-        "throughput_verdict": verdict(throughput, min_effect),
+        "throughput_verdict": str(verdict(throughput, min_effect)),
         "latency_ms_p50_a": _numeric(a, "latency_ms_p50").median(),
         "latency_ms_p50_b": _numeric(b, "latency_ms_p50").median(),
         "latency_ratio": 1 / latency.estimate,
         "latency_ratio_ci_low": 1 / latency.high,
         "latency_ratio_ci_high": 1 / latency.low,
-        "latency_verdict": verdict(latency, min_effect),
+        "latency_verdict": str(verdict(latency, min_effect)),
+        "verdict_confidence": confidence,
+        "throughput_runs_to_decide": _runs_to_decide(throughput, min_effect, confidence),
     }
 
 
@@ -112,29 +140,49 @@ def _summary_row(table: pd.DataFrame, min_effect: float, confidence: float) -> d
         "throughput_ratio": throughput.estimate,
         "throughput_ratio_ci_low": throughput.low,
         "throughput_ratio_ci_high": throughput.high,
-        "throughput_verdict": verdict(throughput, min_effect),
+        "throughput_verdict": str(verdict(throughput, min_effect)),
         "latency_ratio": latency.estimate,
         "latency_ratio_ci_low": latency.low,
         "latency_ratio_ci_high": latency.high,
-        "latency_verdict": verdict_of(1 / latency.high, 1 / latency.low, min_effect),
+        "latency_verdict": str(verdict_of(1 / latency.high, 1 / latency.low, min_effect)),
+        "verdict_confidence": confidence,
     }
 
 
 def compare(
-    runs_a: pd.DataFrame, runs_b: pd.DataFrame, min_effect: float = 0.03, confidence: float = 0.95
+    runs_a: pd.DataFrame,
+    runs_b: pd.DataFrame,
+    min_effect: float = config.DEFAULT_MIN_EFFECT,
+    confidence: float = config.DEFAULT_CONFIDENCE,
 ) -> pd.DataFrame:
     """One row per cell both sweeps share (ratios B over A, with intervals and verdicts), then the geometric mean.
 
+    `confidence` holds for all the cells' verdicts together: each cell's intervals are at `1 - alpha / cells`.
     Raises CompareError when a frame lacks the key columns or the sweeps share no cell with ok runs.
     """
     cells_a, cells_b = _ok_cells(runs_a), _ok_cells(runs_b)
     shared = [key for key in cells_a if key in cells_b]
     if not shared:
         raise CompareError("the two sweeps share no cell with ok runs (same model, optimization, batch and image size)")
-    rows = [_cell_row(key, cells_a[key], cells_b[key], min_effect, confidence) for key in shared]
+    per_cell = 1 - (1 - confidence) / len(shared)
+    rows = [_cell_row(key, cells_a[key], cells_b[key], min_effect, per_cell) for key in shared]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     summary = pd.DataFrame([_summary_row(table, min_effect, confidence)], columns=list(COLUMNS))
     return pd.concat([table, summary], ignore_index=True)
+
+
+def isa_difference(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> str | None:
+    """A warning when the two sweeps' CPUs ran different instruction sets (int8 and bf16 kernels differ)."""
+    if ISA_COLUMN not in runs_a.columns or ISA_COLUMN not in runs_b.columns:
+        return None
+    isa_a, isa_b = ({str(v) for v in runs[ISA_COLUMN].dropna()} for runs in (runs_a, runs_b))
+    if not isa_a or not isa_b or isa_a == isa_b:
+        return None
+    return (
+        f"the sweeps ran on different CPU instruction sets (A: {', '.join(sorted(isa_a))}; B: "
+        f"{', '.join(sorted(isa_b))}): int8, bf16 and memory-format kernels differ between them, so a ratio "
+        "mixes the change with the hardware"
+    )
 
 
 def regressions(table: pd.DataFrame, pct: float) -> list[str]:
@@ -180,17 +228,31 @@ def _interval_text(estimate: float, low: float, high: float) -> str:
     return f"{estimate:.3f}x [{low:.3f}, {high:.3f}]"
 
 
+def _verdict_text(row: dict, metric: str) -> str:
+    colours = {"faster": "green", "slower": "red", "equivalent": "cyan", "inconclusive": "yellow"}
+    called = str(row[f"{metric}_verdict"])
+    text = f"[{colours.get(called, '')}]{called}[/]"
+    needed = row.get(f"{metric}_runs_to_decide")
+    if called == "inconclusive" and needed is not None and not pd.isna(needed):
+        text += f" (~{int(needed)} runs a side would decide it: an estimate)"
+    return text
+
+
 def _number(value: object) -> str:
     return "" if pd.isna(value) else f"{value:,.1f}"
 
 
-def print_table(table: pd.DataFrame, name_a: str, name_b: str, min_effect: float) -> None:
+def print_table(table: pd.DataFrame, name_a: str, name_b: str, min_effect: float, confidence: float) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    colours = {"faster": "green", "slower": "red", "no_difference": "dim"}
-    view = Table(title=f"{name_b} vs {name_a} (B/A, 95% intervals, minimum effect {min_effect:.0%})")
+    cells = len(table) - 1
+    per_cell = 1 - (1 - confidence) / max(cells, 1)
+    view = Table(
+        title=f"{name_b} vs {name_a} (B/A; {confidence:.0%} for all {cells} cells' verdicts together: each cell's "
+        f"interval at {per_cell:.2%}; band ±{min_effect:.0%})"
+    )
     for heading in ("cell", "runs A/B", "throughput A", "throughput B", "throughput B/A", "", "p50 B/A", ""):
         view.add_column(heading, justify="left" if heading in ("cell", "") else "right", no_wrap=True)
     for row in table.to_dict("records"):
@@ -200,9 +262,9 @@ def print_table(table: pd.DataFrame, name_a: str, name_b: str, min_effect: float
             _number(row["throughput_a"]),
             _number(row["throughput_b"]),
             _interval_text(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"]),
-            f"[{colours.get(row['throughput_verdict'], '')}]{row['throughput_verdict']}[/]",
+            _verdict_text(row, "throughput"),
             _interval_text(row["latency_ratio"], row["latency_ratio_ci_low"], row["latency_ratio_ci_high"]),
-            f"[{colours.get(row['latency_verdict'], '')}]{row['latency_verdict']}[/]",
+            _verdict_text(row, "latency"),
         )
     # Piped (a CI log): wide enough never to cut a number; a terminal: its own width.
     Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(view)
@@ -222,7 +284,12 @@ def _parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("a", help="sweep id or runs CSV of the reference sweep")
     parser.add_argument("b", help="sweep id or runs CSV of the sweep compared with it")
-    parser.add_argument("--min-effect", type=float, default=0.03, help="smallest ratio change called (default 0.03)")
+    parser.add_argument(
+        "--min-effect",
+        type=float,
+        default=config.DEFAULT_MIN_EFFECT,
+        help=f"half-width of the band of no practical difference (default {config.DEFAULT_MIN_EFFECT})",
+    )
     parser.add_argument("--fail-on-regression", metavar="PCT", help="exit 1 if a cell is slower by more than PCT%%")
     parser.add_argument("--results-dir", help="folder of the runs CSVs (default $OPTBENCH_RESULTS_DIR or results)")
     return parser
@@ -233,19 +300,23 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a bad argument already reported in one line
         return exc.code if isinstance(exc.code, int) else 2
-    results_dir = Path(args.results_dir or os.environ.get("OPTBENCH_RESULTS_DIR") or "results")
+    results_dir = Path(args.results_dir) if args.results_dir else config.results_dir()
     try:
         pct = None if args.fail_on_regression is None else _percent(args.fail_on_regression)
         if not 0 <= args.min_effect < 1:
             raise CompareError(f"--min-effect wants a fraction in [0, 1), not {args.min_effect}")
-        table = compare(read_runs(args.a, results_dir), read_runs(args.b, results_dir), args.min_effect)
+        runs_a, runs_b = read_runs(args.a, results_dir), read_runs(args.b, results_dir)
+        table = compare(runs_a, runs_b, args.min_effect)
     except CompareError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     name_a, name_b = label(args.a), label(args.b)
     path = results_dir / f"compare-{name_a}-{name_b}.csv"
     write_csv(table, path)
-    print_table(table, name_a, name_b, args.min_effect)
+    warning = isa_difference(runs_a, runs_b)
+    if warning:
+        print(f"warning: {warning}")
+    print_table(table, name_a, name_b, args.min_effect, config.DEFAULT_CONFIDENCE)
     print(f"wrote {path}")
     if pct is None:
         return 0

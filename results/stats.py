@@ -22,9 +22,15 @@ left out of every interval and verdict (`runs_used` counts the runs that remain)
 report's noise section; a cell left with fewer than two usable runs gets no interval and no verdict.
 The representative medians also come from the usable runs, or from all ok runs when none is usable.
 
-A verdict needs the whole interval beyond a minimum effect (`min_effect`, 3% by default): "faster"
-when the low end exceeds 1 + min_effect, "slower" when the high end is under 1 - min_effect, else
-"no_difference". An effect too small to matter is thus never called, however tight its interval.
+A verdict reads the interval against the band `[1 - min_effect, 1 + min_effect]` (`min_effect`, 3% by
+default): `faster` when the whole interval lies above the band, `slower` when it lies below, `equivalent`
+when it lies inside (a positive finding of no practical difference, as in an equivalence test), and
+`inconclusive` otherwise: the interval crosses a band edge, so the data can't tell yet. An effect too
+small to matter is never called faster or slower, however tight its interval; a wide interval is never
+called equivalent. For an inconclusive cell, `rounds_to_decide` estimates how many rounds would clear the
+band at the observed spread. The interval's confidence (`verdict_confidence`) is the sweep's, shared by its
+verdicts and spent over the looks of `--repeats auto` (`results/sequential.py`), so the error rate the sweep
+states holds for all its verdicts together.
 
 Why not a bootstrap: with 3 runs there are only 10 distinct resamples (multisets of size 3 of 3), the
 bootstrap distribution is coarse and too narrow, and its percentile intervals under-cover badly at
@@ -36,10 +42,14 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
+
+from results.sequential import Looks, interval_confidence, rounds_to_decide
+from shared.config import DEFAULT_CONFIDENCE, DEFAULT_MIN_EFFECT
 
 CONTENDED_WAIT_FRACTION = 0.10  # a run waited for a CPU this fraction of its runnable time or more
 CONTENDED_STEAL_FRACTION = 0.10  # ... or its VM lost this share of the host's CPU time to the hypervisor
@@ -72,12 +82,31 @@ STAT_COLUMNS = (
     "speedup_ci_low",
     "speedup_ci_high",
     "speedup_method",
+    "verdict_confidence",
+    "comparisons",
+    "rounds_to_decide",
     "verdict",
 )
 FINISHED_NOT_OK = ("failed", "unsupported")
 BASELINE = "baseline"
 # A cell's baseline counterpart shares these (device too: a CPU and a GPU run may both lack a device name).
 COUNTERPART_KEYS = ("model", "batch_size", "image_size", "device", "device_name")
+
+
+class Verdict(str, Enum):
+    """A cell against its counterpart (ratio > 1 is better), read off the interval and the band."""
+
+    FASTER = "faster"
+    SLOWER = "slower"
+    EQUIVALENT = "equivalent"
+    INCONCLUSIVE = "inconclusive"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Written by optbench before the four verdicts: an interval not beyond the band, equivalent or inconclusive.
+LEGACY_NO_DIFFERENCE = "no_difference"
 
 
 @dataclass(frozen=True)
@@ -92,6 +121,7 @@ class Ratio:
     high: float
     n: int
     method: str  # paired_t_log | welch_t_log | insufficient_runs
+    sd_log: float = math.nan  # run-to-run spread: SD of the per-round log ratios (paired) or pooled (Welch)
 
 
 def _logs(values: pd.Series) -> dict[object, float]:
@@ -134,8 +164,9 @@ def ratio_interval(
         diffs = np.array([top[label] - bottom[label] for label in common])
         n = len(diffs)
         mean = float(diffs.mean())
-        low, high = _t_interval(mean, float(diffs.std(ddof=1)) / math.sqrt(n), n - 1, confidence)
-        return Ratio(math.exp(mean), low, high, n, "paired_t_log")
+        sd = float(diffs.std(ddof=1))
+        low, high = _t_interval(mean, sd / math.sqrt(n), n - 1, confidence)
+        return Ratio(math.exp(mean), low, high, n, "paired_t_log", sd)
     top_logs, bottom_logs = np.array(list(top.values())), np.array(list(bottom.values()))
     n_top, n_bottom = len(top_logs), len(bottom_logs)
     if n_top >= 2 and n_bottom >= 2:
@@ -144,23 +175,37 @@ def ratio_interval(
         se = math.sqrt(var_top + var_bottom)
         df = (var_top + var_bottom) ** 2 / (var_top**2 / (n_top - 1) + var_bottom**2 / (n_bottom - 1)) if se else 1.0
         low, high = _t_interval(mean, se, float(df), confidence)
-        return Ratio(math.exp(mean), low, high, min(n_top, n_bottom), "welch_t_log")
+        n = min(n_top, n_bottom)
+        return Ratio(math.exp(mean), low, high, n, "welch_t_log", se * math.sqrt(n))
     estimate = math.exp(float(top_logs.mean() - bottom_logs.mean())) if n_top and n_bottom else math.nan
     return Ratio(estimate, math.nan, math.nan, min(n_top, n_bottom), "insufficient_runs")
 
 
-def verdict_of(low: float, high: float, min_effect: float = 0.03) -> str:
-    """faster / slower when the whole interval lies beyond the minimum effect (ratio > 1 is better)."""
+def verdict_of(low: float, high: float, min_effect: float = DEFAULT_MIN_EFFECT) -> Verdict:
+    """The interval [low, high] (ratio > 1 is better) against the band [1 - min_effect, 1 + min_effect]:
+    wholly above it faster, wholly below slower, wholly inside equivalent, else (or no interval) inconclusive."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return Verdict.INCONCLUSIVE
     if low > 1 + min_effect:
-        return "faster"
+        return Verdict.FASTER
     if high < 1 - min_effect:
-        return "slower"
-    return "no_difference"
+        return Verdict.SLOWER
+    if low >= 1 - min_effect and high <= 1 + min_effect:
+        return Verdict.EQUIVALENT
+    return Verdict.INCONCLUSIVE
 
 
-def verdict(ratio: Ratio, min_effect: float = 0.03) -> str:
-    """The verdict of a ratio oriented so that > 1 is better; NaN bounds (insufficient) give no_difference."""
+def verdict(ratio: Ratio, min_effect: float = DEFAULT_MIN_EFFECT) -> Verdict:
+    """The verdict of a ratio oriented so that > 1 is better; no interval (insufficient runs) is inconclusive."""
     return verdict_of(ratio.low, ratio.high, min_effect)
+
+
+def legacy_verdict(text: object, low: float, high: float, min_effect: float = DEFAULT_MIN_EFFECT) -> object:
+    """A verdict as a CSV holds it: `no_difference` (optbench before the four verdicts) becomes `equivalent` or
+    `inconclusive` from its interval; anything else is kept."""
+    if text != LEGACY_NO_DIFFERENCE:
+        return text
+    return str(verdict_of(float(low), float(high), min_effect))
 
 
 def value_interval(values: pd.Series, confidence: float = 0.95) -> tuple[float, float]:
@@ -264,6 +309,7 @@ def _cell_row(cell: pd.DataFrame, carried: list[str], confidence: float) -> dict
     row["contended_runs"] = int(contended(ok).sum())
     row["runs_used"] = len(used)
     row.update(speedup=math.nan, speedup_ci_low=math.nan, speedup_ci_high=math.nan, speedup_method="", verdict="")
+    row.update(verdict_confidence=math.nan, comparisons=math.nan, rounds_to_decide=math.nan)
     return row
 
 
@@ -272,24 +318,43 @@ def _key(values: dict[str, object]) -> tuple[object, ...]:
     return tuple(None if pd.isna(values.get(k)) else values.get(k) for k in COUNTERPART_KEYS)
 
 
-def _add_speedups(rows: list[dict[str, object]], oks: list[pd.DataFrame], min_effect: float, confidence: float) -> None:
-    """Speedup of each optimization cell over the baseline cell on the same model, shape and device, from usable runs.
+def _add_speedups(
+    rows: list[dict[str, object]], oks: list[pd.DataFrame], min_effect: float, confidence: float, looks: Looks
+) -> None:
+    """Speedup of each optimization cell over the baseline cell on the same model, shape and device, from usable
+    runs, with the verdict its interval gives at the sweep's confidence shared among all these comparisons and
+    spent over `looks` (`results/sequential.py`).
 
     Only the runs on the cell's own device name count on either side, so a run that landed on
     another GPU model of a mixed cluster never enters a ratio.
     """
     baselines = {_key(row): i for i, row in enumerate(rows) if row.get("optimization") == BASELINE}
-    for row, ok in zip(rows, oks, strict=True):
-        if row.get("optimization") == BASELINE or _key(row) not in baselines:
-            continue
-        base_ok = oks[baselines[_key(row)]]
-        ratio = ratio_interval(_on_device(ok, row), _on_device(base_ok, row), confidence)
+    compared = [
+        (row, ok)
+        for row, ok in zip(rows, oks, strict=True)
+        if row.get("optimization") != BASELINE and _key(row) in baselines
+    ]
+    for row, ok in compared:
+        base = _on_device(oks[baselines[_key(row)]], row)
+        mine = _on_device(ok, row)
+        paired = sum(1 for label in set(mine.index) if label in set(base.index))
+        level = interval_confidence(1 - confidence, len(compared), looks, max(paired, 2))
+        ratio = ratio_interval(mine, base, level)
+        called = verdict(ratio, min_effect)
+        needed = math.nan
+        if called is Verdict.INCONCLUSIVE:
+            estimate = rounds_to_decide(math.log(ratio.estimate) if ratio.estimate > 0 else math.nan,
+                                        ratio.sd_log, min_effect, level)  # fmt: skip
+            needed = math.nan if estimate is None else estimate
         row.update(
             speedup=ratio.estimate,
             speedup_ci_low=ratio.low,
             speedup_ci_high=ratio.high,
             speedup_method=ratio.method,
-            verdict=verdict(ratio, min_effect),
+            verdict=str(called),
+            verdict_confidence=level,
+            comparisons=len(compared),
+            rounds_to_decide=needed,
         )
 
 
@@ -316,8 +381,16 @@ def run_series(runs: pd.DataFrame, column: str, device_name: object = None) -> p
     return pd.Series(numeric(used, column).to_numpy(), index=rounds(used))
 
 
-def aggregate(runs: pd.DataFrame, min_effect: float = 0.03, confidence: float = 0.95) -> pd.DataFrame:
-    """One row per cell (in order of first appearance): status, representative values, intervals, verdict."""
+def aggregate(
+    runs: pd.DataFrame,
+    min_effect: float = DEFAULT_MIN_EFFECT,
+    confidence: float = DEFAULT_CONFIDENCE,
+    looks: Looks | None = None,
+) -> pd.DataFrame:
+    """One row per cell (in order of first appearance): status, representative values, intervals, verdict.
+
+    `confidence` is the sweep's, for all its verdicts together; `looks` the plan of `--repeats auto` (None:
+    a fixed number of runs, one look)."""
     carried = [c for c in runs.columns if c not in LEAD_COLUMNS + RUN_ONLY_COLUMNS + STAT_COLUMNS]
     columns = list(LEAD_COLUMNS) + carried + list(STAT_COLUMNS)
     if runs.empty:
@@ -326,5 +399,5 @@ def aggregate(runs: pd.DataFrame, min_effect: float = 0.03, confidence: float = 
     for _, cell in runs.groupby("cell_id", sort=False):
         rows.append(_cell_row(cell, carried, confidence))
         oks.append(usable_runs(cell))
-    _add_speedups(rows, oks, min_effect, confidence)
+    _add_speedups(rows, oks, min_effect, confidence, looks or Looks.fixed(2))
     return pd.DataFrame(rows, columns=columns)

@@ -10,6 +10,14 @@ from urllib.parse import urlsplit, urlunsplit
 from shared.errors import OptbenchError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+# Statistics: a verdict's band is [1 - min effect, 1 + min effect]; the confidence is a sweep's, for all its
+# verdicts together (results/sequential.py).
+DEFAULT_MIN_EFFECT = 0.03
+DEFAULT_CONFIDENCE = 0.95
+# Runs per cell: `--repeats auto` runs every cell 3 rounds, then more rounds for the undecided cells only,
+# up to the maximum; a number means exactly that many.
+DEFAULT_MAX_REPEATS = 10
+MAX_REPEATS = 100
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
 DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "amqps": 5671}
 
@@ -41,7 +49,7 @@ def load() -> Settings:
         cell_time_limit=limit,
         visibility_timeout=float(os.environ.get("OPTBENCH_VISIBILITY_TIMEOUT", str(2 * limit + 600))),
         result_expires=int(os.environ.get("OPTBENCH_RESULT_EXPIRES", str(30 * 24 * 3600))),
-        results_dir=Path(os.environ.get("OPTBENCH_RESULTS_DIR", "results")),
+        results_dir=results_dir(),
         allow_faults=os.environ.get("OPTBENCH_ALLOW_FAULTS") == "1",
         max_tries=int(os.environ.get("OPTBENCH_MAX_TRIES", "2")),
         unacked_restore_interval=float(os.environ.get("OPTBENCH_UNACKED_RESTORE_INTERVAL", "10")),
@@ -50,6 +58,11 @@ def load() -> Settings:
         stall_timeout=float(os.environ.get("OPTBENCH_STALL_TIMEOUT", str(_redelivery_bound(limit, broker_url) + 60))),
         broker_heartbeat=float(os.environ.get("OPTBENCH_BROKER_HEARTBEAT", "10")),
     )
+
+
+def results_dir() -> Path:
+    """Where CSVs and reports are written: OPTBENCH_RESULTS_DIR, else `results`."""
+    return Path(os.environ.get("OPTBENCH_RESULTS_DIR") or "results")
 
 
 def broker_kind(url: str) -> str:

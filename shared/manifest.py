@@ -1,10 +1,11 @@
 """The sweep manifest in Redis: which runs a sweep has, and each run's current task and attempts.
 
-A sweep has cells (optimization x batch size), and each cell `repeats` runs (`fp16@bs16#2`), each
-its own task in its own process. Celery's result backend answers PENDING for a task it has never
-heard of as well as for a queued one; the manifest is what says a run was enqueued, as which
-task, and how many times. Every change to a run's entry is a compare-and-set (redis-py's
-WATCH/MULTI transaction), so the producer and a re-run sent through Flower never overwrite each other.
+A sweep has cells (optimization x batch size), and each cell one run per round (`fp16@bs16#2`), each
+its own task in its own process; `--repeats auto` adds rounds for the cells still undecided.
+Celery's result backend answers PENDING for a task it has never heard of as well as for a queued
+one; the manifest is what says a run was enqueued, as which task, and how many times. Every change
+to a run's entry is a compare-and-set (redis-py's WATCH/MULTI transaction), so the producer and a
+re-run sent through Flower never overwrite each other.
 """
 
 from __future__ import annotations
@@ -82,6 +83,26 @@ def save(client: redis.Redis, sweep: Sweep, ttl_seconds: int) -> None:
         pipe.expire(keys.sweep(sweep.id), ttl_seconds)
         pipe.zadd(keys.SWEEPS, {sweep.id: created})
         pipe.execute()
+
+
+def add_runs(client: redis.Redis, sweep: Sweep, entries: list[RunEntry], spec_changes: dict, ttl_seconds: int) -> None:
+    """Add runs (a new round) to a sweep and update its spec, in one transaction; `sweep` is updated too."""
+    sweep.spec.update(spec_changes)
+    sweep.runs.update({entry.run_id: entry for entry in entries})
+    meta = {"id": sweep.id, "created_at": sweep.created_at, "spec": sweep.spec, "name": sweep.name}
+    mapping = {"meta": json.dumps(meta)}
+    mapping.update({_field(e.run_id): json.dumps(dataclasses.asdict(e)) for e in entries})
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.sweep(sweep.id), mapping=mapping)
+        pipe.expire(keys.sweep(sweep.id), ttl_seconds)
+        pipe.execute()
+
+
+def update_spec(client: redis.Redis, sweep: Sweep, spec_changes: dict) -> None:
+    """Record changes to a sweep's spec (e.g. why `--repeats auto` stopped adding rounds)."""
+    sweep.spec.update(spec_changes)
+    meta = {"id": sweep.id, "created_at": sweep.created_at, "spec": sweep.spec, "name": sweep.name}
+    client.hset(keys.sweep(sweep.id), "meta", json.dumps(meta))
 
 
 def _update_run(client: redis.Redis, sweep_id: str, run_id: str, change: Callable[[dict], dict | None]) -> dict | None:

@@ -67,6 +67,15 @@ class CellResult:
     max_abs_error: float | None = None
     cosine_similarity: float | None = None
     fidelity_samples: int | None = None
+    # Fidelity split where the optimization has a reference model (int8_static: the converted int8 graph run
+    # eagerly, quantize/dequantize in fp32; null for the others): `quant_` is the reference against the fp32
+    # model (the quantization's error), `kernel_` the measured model against the reference (the kernels' error)
+    quant_top1_agreement: float | None = None
+    quant_max_abs_error: float | None = None
+    quant_cosine_similarity: float | None = None
+    kernel_top1_agreement: float | None = None
+    kernel_max_abs_error: float | None = None
+    kernel_cosine_similarity: float | None = None
     # What else the machine was doing during the timed phase (see worker/engine/trackers.py, `Noise`)
     noise_cpu_wait_fraction: float | None = None
     noise_cpu_steal_fraction: float | None = None
@@ -87,6 +96,7 @@ class CellResult:
     # What the quantizing and runtime steps did (null for the others)
     quantized_layers: str | None = None  # quantized out of all Conv2d/Linear layers: `Conv2d 0/120, Linear 1/1`
     calibration: str | None = None  # int8_static's calibration set: `normal(seed=2000, samples=32, 224 px)`
+    reduce_range: bool | None = None  # int8_static: activations in 7 bits (0-127), chosen where oneDNN has no VNNI
     execution_provider: str | None = None  # onnxruntime: CPUExecutionProvider or CUDAExecutionProvider
     onnx_opset: int | None = None
     # Environment
@@ -100,6 +110,13 @@ class CellResult:
     tf32_cudnn: bool | None = None
     cudnn_benchmark: bool | None = None
     cpu_model: str | None = None
+    # The CPU's instruction-set level and int8/bf16 features, `AVX512 vnni avx512_bf16 amx` or `AVX2`: torch's CPU
+    # capability, then VNNI, AVX-512 BF16 and AMX where the kernels use them. `cpu_isa` is the effective one (what
+    # ATen, inductor and oneDNN dispatch to, after ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA); `cpu_isa_hardware`
+    # what /proc/cpuinfo says the CPU has (it differs only under such a limit); `onednn_isa` oneDNN's own words
+    cpu_isa: str | None = None
+    cpu_isa_hardware: str | None = None
+    onednn_isa: str | None = None  # `Intel AVX2`, as oneDNN's verbose header says it; null without oneDNN
     cpu_threads: int | None = None
     cpu_cores: str | None = None
     torch_version: str | None = None

@@ -254,7 +254,7 @@ def test_gpu_cells_use_cuda_events_and_report_allocator_and_nvml_memory(optimiza
 
 @pytest.mark.gpu
 def test_gpu_out_of_memory_is_a_real_cuda_oom_and_a_failed_result():
-    from scripts.gpu_check import gpu_oom_batch  # the batch gpu_check.py uses (tested in test_gpu_check.py)
+    from worker.gpu_check.checks import gpu_oom_batch  # the batch the GPU check uses (tested in test_gpu_check.py)
 
     batch = gpu_oom_batch(torch.cuda.get_device_properties(0).total_memory)
     model, _ = build_model("densenet121", "random", 0)

@@ -49,18 +49,20 @@ def results_dir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def test_a_sweep_against_itself_shows_no_difference():
+def test_a_sweep_against_itself_is_never_faster_or_slower():
     runs = sweep_runs("a", seed=1)
     table = compare(runs, runs)
     cells, summary = table.iloc[:-1], table.iloc[-1]
     assert cells["cell_id"].tolist() == ["baseline@bs1", "fp16@bs1", "baseline@bs8", "fp16@bs8"]
-    assert (cells["throughput_verdict"] == "no_difference").all()
-    assert (cells["latency_verdict"] == "no_difference").all()
+    # 3 runs a side at 2% noise: some intervals fit the ±3% band (equivalent), some are too wide to tell
+    assert set(cells["throughput_verdict"]) <= {"equivalent", "inconclusive"}
+    assert set(cells["latency_verdict"]) <= {"equivalent", "inconclusive"}
+    assert cells["verdict_confidence"].tolist() == pytest.approx([1 - 0.05 / 4] * 4)  # 4 cells share the 5%
     assert cells["throughput_ratio"].to_numpy() == pytest.approx(1.0)
     assert (cells["throughput_ratio_ci_low"] < 1).all() and (cells["throughput_ratio_ci_high"] > 1).all()
     assert summary["cell_id"] == GEOMETRIC_MEAN
     assert summary["throughput_ratio"] == pytest.approx(1.0) and summary["latency_ratio"] == pytest.approx(1.0)
-    assert summary["throughput_verdict"] == "no_difference"
+    assert summary["throughput_verdict"] == "equivalent"  # the same runs: a zero-width interval at 1
     assert regressions(table, 1) == []
 
 
@@ -113,7 +115,54 @@ def test_cli_takes_csv_paths_and_writes_to_the_results_dir(tmp_path, results_dir
     code = main([str(results_dir / "a_runs.csv"), str(results_dir / "a_runs.csv"), "--results-dir", str(out_dir)])
     assert code == 0
     assert (out_dir / "compare-a-a.csv").is_file()
-    assert "no_difference" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "equivalent" in out or "inconclusive" in out
+    assert "faster" not in out and "slower" not in out
+
+
+def test_an_inconclusive_cell_says_how_many_runs_would_decide_it(capsys):
+    a = sweep_runs("a", seed=4)
+    b = sweep_runs("b", seed=5, scale=1.04)  # a 4% change at 2% noise, 3 runs a side: too close to the 3% edge
+    table = compare(a, b).iloc[:-1]
+    needed = table.loc[table["throughput_verdict"] == "inconclusive", "throughput_runs_to_decide"].dropna()
+    assert len(needed) and (needed > 3).all()  # none where the ratio sits on a band edge: no number of runs
+    decided = table[table["throughput_verdict"].isin(["faster", "equivalent"])]
+    assert decided["throughput_runs_to_decide"].isna().all()
+
+
+def test_many_a_a_cells_make_a_false_call_in_at_most_5_percent_of_comparisons():
+    """20 cells, both sweeps from one distribution (5% run-to-run noise, 5 runs a side): Bonferroni keeps the
+    chance of any faster/slower among the 20 verdicts under the stated 5%."""
+    rng = np.random.default_rng(17)
+    cells = [f"c{i}" for i in range(20)]
+
+    def runs(sweep_id: str) -> pd.DataFrame:
+        values = rng.lognormal(np.log(100.0), 0.05, (5, len(cells)))
+        return pd.DataFrame(
+            [{"sweep_id": sweep_id, "cell_id": f"{c}@bs1", "status": "ok", "model": "m", "optimization": c,
+              "batch_size": 1, "image_size": 224, "throughput_sps": values[r, i], "latency_ms_p50": 1e3 / values[r, i]}
+             for r in range(5) for i, c in enumerate(cells)]
+        )  # fmt: skip
+
+    trials = 200
+    any_false = sum(
+        (compare(runs("a"), runs("b"), min_effect=0.0).iloc[:-1]["throughput_verdict"].isin(["faster", "slower"])).any()
+        for _ in range(trials)
+    )
+    assert any_false / trials <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)
+
+
+def test_sweeps_on_different_cpu_instruction_sets_are_flagged(tmp_path, capsys):
+    a = sweep_runs("a", seed=1).assign(cpu_isa="AVX512 vnni amx")
+    b = sweep_runs("b", seed=2).assign(cpu_isa="AVX2")
+    a.to_csv(tmp_path / "a_runs.csv", index=False)
+    b.to_csv(tmp_path / "b_runs.csv", index=False)
+    assert main(["a", "b", "--results-dir", str(tmp_path)]) == 0
+    assert "warning: the sweeps ran on different CPU instruction sets (A: AVX512 vnni amx; B: AVX2)" in (
+        capsys.readouterr().out
+    )
+    assert main(["a", "a", "--results-dir", str(tmp_path)]) == 0
+    assert "instruction sets" not in capsys.readouterr().out
 
 
 def test_python_m_results_dispatches_compare(results_dir):

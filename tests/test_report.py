@@ -25,9 +25,11 @@ from results.report import write_report
 
 WEIGHTS = "pretrained:DenseNet121_Weights.IMAGENET1K_V1"
 DECIMAL = re.compile(r"(?<![\w.])\d[\d,]*\.\d+[x%]?(?![\w.])")
-CLAIM_WORDS = re.compile(r"\b(faster|slower|fastest|slowest|winner|wins|no difference)\b", re.IGNORECASE)
+CLAIM_WORDS = re.compile(
+    r"\b(faster|slower|fastest|slowest|winner|wins|no difference|equivalent|inconclusive)\b", re.IGNORECASE
+)
 CODE = re.compile(r"`[^`\n]*`")
-VERDICT_WORDS = {"faster": "faster", "slower": "slower", "no_difference": "no difference"}
+VERDICT_WORDS = {"faster": "faster", "slower": "slower", "equivalent": "equivalent", "inconclusive": "inconclusive"}
 NO_INTERVAL = "too few runs to tell"
 NO_RUNS = "no usable runs to compare"
 METRIC_COLUMNS = {
@@ -128,7 +130,7 @@ def _check_speedup(c: dict, cells: pd.DataFrame, runs: pd.DataFrame) -> None:
     assert c["claim"] == row["verdict"], c
     interval = _interval(c["value"], c["low"], c["high"])
     if c["low"] is None:
-        assert c["claim"] == "no_difference" and c["text"] == interval, c
+        assert c["claim"] == "inconclusive" and c["text"] == interval, c
         return
     assert c["text"] == f"{interval}: {VERDICT_WORDS[c['claim']]}", c
     ratio = stats.Ratio(c["value"], c["low"], c["high"], 0, "")
@@ -143,7 +145,7 @@ def _recompute(cells: pd.DataFrame, runs: pd.DataFrame, top: str, other: str, co
     """The ratio of `top` over `other` from the runs CSV, > 1 favouring `top`, and its verdict."""
     a, b = _run_values(runs, cells, top, column), _run_values(runs, cells, other, column)
     ratio = stats.ratio_interval(a, b, c["confidence"]) if higher else stats.ratio_interval(b, a, c["confidence"])
-    verdict = stats.verdict(ratio, c["min_effect"]) if cells.loc[top, "repeats_ok"] >= 2 else "no_difference"
+    verdict = stats.verdict(ratio, c["min_effect"]) if cells.loc[top, "repeats_ok"] >= 2 else "inconclusive"
     return ratio, verdict
 
 
@@ -177,7 +179,7 @@ def _check_no_stray_numbers(report: str, citations: list[dict]) -> None:
 
 
 def _check_claim_words(report: str, citations: list[dict]) -> None:
-    """faster / slower / no difference only inside a checked speedup citation: nowhere else."""
+    """Verdict words (faster, slower, equivalent, inconclusive) only inside a checked speedup citation."""
     rest = report
     for text in sorted({c["text"] for c in citations if c["kind"] == "speedup"}, key=len, reverse=True):
         rest = rest.replace(text, "")
@@ -331,11 +333,12 @@ def test_a_real_effect_is_called_faster_with_its_interval(sweep):
     assert re.search(r"- `prune` at batch 1: 0\.\d\dx \[0\.\d\dx, 0\.\d\dx\]: slower", report)
 
 
-def test_the_a_a_control_and_a_null_effect_say_no_difference(sweep):
+def test_the_a_a_control_and_a_null_effect_are_never_faster_or_slower(sweep):
     _, _, _, report = sweep
     for start in ("- `aa_control` at batch 1: ", "- `aa_control` at batch 8: ", "- `fp16` at batch 1: "):
         assert re.match(
-            r"- `\w+` at batch \d: \d\.\d\dx \[\d\.\d\dx, \d\.\d\dx\]: no difference \(", line_of(report, start)
+            r"- `\w+` at batch \d: \d\.\d\dx \[\d\.\d\dx, \d\.\d\dx\]: (equivalent|inconclusive) \(",
+            line_of(report, start),
         )
 
 
@@ -343,7 +346,7 @@ def test_the_noise_section_reads_the_a_a_controls(sweep, tmp_path):
     _, _, _, report = sweep
     noise = report.split("## Noise")[1].split("\n## ")[0]
     line = line_of(noise, "The A/A control `aa_control@bs1` (the baseline measured again as a cell of its own): ")
-    assert re.search(r": \d\.\d\dx \[\d\.\d\dx, \d\.\d\dx\]: no difference, as it should be\.$", line)
+    assert re.search(r": \d\.\d\dx \[\d\.\d\dx, \d\.\d\dx\]: equivalent, as it should be\.$", line)
     # A host that biases one of two identical cells by 10%: the control says so, and what to do.
     biased = [
         {**row, "throughput_sps": row["throughput_sps"] * 1.10} if row["optimization"] == "aa_control" else row
@@ -438,7 +441,7 @@ def test_one_run_per_cell_gives_no_interval_and_no_verdict(tmp_path):
 @pytest.mark.parametrize(
     "tamper",
     [
-        lambda md, cites: (md.replace(": no difference", ": faster", 1), cites),
+        lambda md, cites: (md.replace(": equivalent", ": faster", 1), cites),
         lambda md, cites: (md.replace("## Noise", "`fp16` is faster than the rest.\n\n## Noise"), cites),
         lambda md, cites: (md.replace("## Noise", "Throughput rose by 12.50 samples/s.\n\n## Noise"), cites),
         lambda md, cites: (md, [{**c, "claim": "winner"} if c["claim"] == "tie" else c for c in cites]),

@@ -68,7 +68,7 @@ def test_an_a_a_comparison_is_rarely_called_faster_or_slower(repeats):
     rng = np.random.default_rng(40480 + repeats)
     ratios = intervals(*simulate(rng, repeats, 1.0))
     coverage = np.mean([r.low <= 1.0 <= r.high for r in ratios])
-    rates = {m: np.mean([verdict(r, m) != "no_difference" for r in ratios]) for m in (0.03, 0.0)}
+    rates = {m: np.mean([verdict(r, m) in ("faster", "slower") for r in ratios]) for m in (0.03, 0.0)}
     print(
         f"\nA/A repeats={repeats}: coverage of 1 = {coverage:.4f}; false calls with min_effect 0.03 = "
         f"{rates[0.03]:.4f}, with min_effect 0 = {rates[0.0]:.4f}"
@@ -127,12 +127,12 @@ def test_paired_false_forces_welch_and_bad_values_are_dropped():
     assert ratio_interval(top, bottom).n == 3  # repeats 1, 2 and 5
 
 
-def test_insufficient_runs_give_no_interval_and_no_difference():
+def test_insufficient_runs_give_no_interval_and_are_inconclusive():
     ratio = ratio_interval(pd.Series([120.0], index=[1]), pd.Series([100.0, 90.0], index=[2, 3]))
     assert ratio.method == "insufficient_runs" and ratio.n == 1
     assert ratio.estimate == pytest.approx(120 / math.sqrt(9000))
     assert math.isnan(ratio.low) and math.isnan(ratio.high)
-    assert verdict(ratio) == "no_difference"
+    assert verdict(ratio) == "inconclusive"
     empty = ratio_interval(pd.Series([], dtype=float), pd.Series([1.0, 2.0], index=[1, 2]))
     assert empty.method == "insufficient_runs" and math.isnan(empty.estimate)
 
@@ -141,13 +141,19 @@ def test_insufficient_runs_give_no_interval_and_no_difference():
     ("low", "high", "min_effect", "expected"),
     [
         (1.031, 1.2, 0.03, "faster"),
-        (1.03, 1.2, 0.03, "no_difference"),  # the whole interval must clear the minimum effect
-        (1.01, 1.2, 0.03, "no_difference"),
+        (1.03, 1.2, 0.03, "inconclusive"),  # the whole interval must clear the minimum effect
+        (1.01, 1.2, 0.03, "inconclusive"),
         (1.01, 1.2, 0.0, "faster"),
         (0.8, 0.969, 0.03, "slower"),
-        (0.8, 0.97, 0.03, "no_difference"),
+        (0.8, 0.97, 0.03, "inconclusive"),
         (0.8, 0.99, 0.0, "slower"),
-        (0.9, 1.1, 0.0, "no_difference"),
+        (0.9, 1.1, 0.0, "inconclusive"),
+        (0.97, 1.03, 0.03, "equivalent"),  # the whole interval inside the band, edges included
+        (0.971, 1.029, 0.03, "equivalent"),
+        (0.969, 1.01, 0.03, "inconclusive"),  # crosses the lower edge
+        (0.99, 1.031, 0.03, "inconclusive"),  # crosses the upper edge
+        (1.0, 1.0, 0.0, "equivalent"),  # a zero band holds only a zero-width interval at 1
+        (math.nan, math.nan, 0.03, "inconclusive"),  # no interval
     ],
 )
 def test_verdict_thresholds(low, high, min_effect, expected):
@@ -307,7 +313,11 @@ def test_speedup_against_the_baseline_of_the_same_batch_size_and_device():
     assert cells.loc["fp16@bs1", "speedup_ci_low"] == pytest.approx(1.5)  # drift cancels exactly
     assert (cells.loc["fp16@bs1", "speedup_method"], cells.loc["fp16@bs1", "verdict"]) == ("paired_t_log", "faster")
     assert cells.loc["fp16@bs8", "speedup"] == pytest.approx(1.0, abs=0.01)
-    assert cells.loc["fp16@bs8", "verdict"] == "no_difference"
+    # ±1% between rounds, 3 rounds: the interval at 97.5% (2 verdicts share 5%) is wider than the ±3% band
+    assert cells.loc["fp16@bs8", "verdict"] == "inconclusive"
+    assert cells.loc["fp16@bs8", "comparisons"] == 2
+    assert cells.loc["fp16@bs8", "verdict_confidence"] == pytest.approx(0.975)
+    assert cells.loc["fp16@bs8", "rounds_to_decide"] > 3
     for cell_id in ("baseline@bs1", "baseline@bs8", "baseline@bs1/cpu", "int8@bs4", "fp16@bs1/A100"):
         assert math.isnan(cells.loc[cell_id, "speedup"]), cell_id
         assert cells.loc[cell_id, "verdict"] == "" and cells.loc[cell_id, "speedup_method"] == "", cell_id

@@ -1,9 +1,15 @@
-"""Where a cell was measured: host, device, driver and library versions, numeric settings, CPU cores."""
+"""Where a cell was measured: host, device, driver and library versions, numeric settings, CPU cores, CPU ISA."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import platform
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
 from importlib import metadata
 
 import torch
@@ -48,6 +54,7 @@ def snapshot(device: torch.device, nvml: NvmlDevice | None = None) -> dict[str, 
         "cudnn_benchmark": torch.backends.cudnn.benchmark if on_cuda else None,
         "host": host_name(),
         "cpu_model": cpu_model(),
+        **cpu_isa_fields(),
         "cpu_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
@@ -88,3 +95,122 @@ def pin_cpu_cores() -> str:
     if torch.get_num_threads() > len(cores):
         torch.set_num_threads(len(cores))
     return format_cores(cores)
+
+
+# The CPU features that change which int8 and bf16 kernels run, in the order the `cpu_isa` columns list them.
+ISA_FEATURES = ("vnni", "avx512_bf16", "amx")
+# /proc/cpuinfo flags of each: VNNI in its AVX-512 or its AVX2 (AVX-VNNI) form, AMX's tiles with int8 or bf16.
+CPUINFO_FLAGS = {
+    "vnni": ("avx512_vnni", "avx_vnni"),
+    "avx512_bf16": ("avx512_bf16",),
+    "amx": ("amx_tile",),
+}
+# The flags ATen requires for each of its x86 capability levels (aten/src/ATen/native/DispatchStub.cpp), best first.
+ATEN_LEVELS = (("AVX512", ("avx512f", "avx512bw", "avx512vl", "avx512dq")), ("AVX2", ("avx2", "fma")))
+ONEDNN_ISA_LINE = re.compile(r"onednn_verbose,(?:v\d+,)?info,cpu,isa:(.*)")
+AVX10 = re.compile(r"AVX ?10")
+ONEDNN_UNKNOWN = "unknown: oneDNN printed no ISA line (its verbose output already ran in this process)"
+
+
+@dataclass(frozen=True)
+class CpuIsa:
+    """An instruction-set level (torch's CPU capability: DEFAULT, AVX2, AVX512...) and the int8/bf16 features."""
+
+    level: str
+    vnni: bool
+    avx512_bf16: bool
+    amx: bool
+
+    def __str__(self) -> str:
+        """`AVX512 vnni avx512_bf16 amx`, `AVX2`: the level, then the features present."""
+        return " ".join([self.level, *(name for name in ISA_FEATURES if getattr(self, name))])
+
+
+def cpu_isa_fields() -> dict[str, str | None]:
+    """The `cpu_isa` (effective), `cpu_isa_hardware` and `onednn_isa` columns."""
+    hardware = hardware_cpu_isa()
+    return {
+        "cpu_isa": str(effective_cpu_isa()),
+        "cpu_isa_hardware": str(hardware) if hardware is not None else None,
+        "onednn_isa": onednn_isa(),
+    }
+
+
+def effective_cpu_isa() -> CpuIsa:
+    """What this process's kernels use: torch's CPU capability and the features of oneDNN's ISA.
+
+    Both honour their dispatch limits: ATEN_CPU_CAPABILITY (ATen's vectorized kernels, and the vector ISA
+    inductor generates code for) and ONEDNN_MAX_CPU_ISA (oneDNN's convolutions, matmuls and its int8 and
+    bf16 kernels). A limit below the hardware makes this differ from `hardware_cpu_isa`.
+    """
+    return CpuIsa(torch.backends.cpu.get_cpu_capability(), **onednn_features(onednn_isa() or ""))
+
+
+def onednn_features(description: str) -> dict[str, bool]:
+    """The int8/bf16 features in oneDNN's name for its ISA (oneDNN 3.x's words, e.g. `Intel AVX2 with Intel DL Boost`).
+
+    DL Boost is VNNI; AVX10.1 (and Sapphire Rapids' AVX-512 FP16) includes VNNI and AVX-512 BF16; `bfloat16`
+    means AVX-512 BF16 only with AVX-512 (AVX2 with bfloat16 is AVX-NE-CONVERT, another thing).
+    """
+    avx10 = bool(AVX10.search(description))
+    return {
+        "vnni": "DL Boost" in description or "8-bit integer" in description or avx10,
+        "avx512_bf16": ("bfloat16" in description and "AVX-512" in description) or avx10,
+        "amx": "AMX" in description,
+    }
+
+
+def hardware_cpu_isa() -> CpuIsa | None:
+    """What the CPU offers, from /proc/cpuinfo's flags, whatever the dispatch limits (None without them)."""
+    flags = cpu_flags()
+    if flags is None:
+        return None
+    level = next((name for name, needs in ATEN_LEVELS if flags.issuperset(needs)), "DEFAULT")
+    return CpuIsa(level, **{name: bool(flags.intersection(CPUINFO_FLAGS[name])) for name in ISA_FEATURES})
+
+
+def cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+@functools.cache
+def onednn_isa() -> str | None:
+    """oneDNN's own name for the ISA it dispatches to (`Intel AVX2`), after ONEDNN_MAX_CPU_ISA; None without oneDNN.
+
+    oneDNN says it only in the header of its verbose output, once per process: this turns verbose on around
+    one tiny convolution and reads that header from fd 1 (C's stdout), redirected to a file for the ~2 ms
+    it takes. If verbose output already ran in this process, the header is gone: the answer says so.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    with tempfile.TemporaryFile() as captured:
+        _flush_stdout()
+        saved = os.dup(1)
+        os.dup2(captured.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON), torch.no_grad():
+                one = torch.ones(1, 1, 1, 1)
+                torch.mkldnn_convolution(one, one, None, [0, 0], [1, 1], [1, 1], 1)
+            _flush_stdout()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        captured.seek(0)
+        text = captured.read().decode(errors="replace")
+    found = ONEDNN_ISA_LINE.search(text)
+    return found.group(1).strip() if found else ONEDNN_UNKNOWN
+
+
+def _flush_stdout() -> None:
+    """Python's and C's stdout buffers, so fd 1's redirection catches what oneDNN printf'd and nothing else."""
+    sys.stdout.flush()
+    if sys.__stdout__ is not None:
+        sys.__stdout__.flush()
+    ctypes.CDLL(None).fflush(None)

@@ -11,6 +11,8 @@ from collections import Counter
 import torch
 from torch import nn
 
+from worker.engine.environment import CpuIsa
+
 # Conv2d and Linear are the layers int8 kernels exist for; the report says how many of each were quantized.
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 TORCHAO_CONFIGS = {
@@ -47,7 +49,9 @@ def torchao_quantize(model: nn.Module, optimization: str, tune_inductor: bool) -
     return coverage(quantized, layers)
 
 
-def int8_static(model: nn.Module, calibration: list[torch.Tensor]) -> tuple[torch.fx.GraphModule, nn.Module, str]:
+def int8_static(
+    model: nn.Module, calibration: list[torch.Tensor], reduce_range: bool
+) -> tuple[torch.fx.GraphModule, nn.Module, str]:
     """Post-training static int8 of convolutions and linears, as PyTorch 2 export quantization does it on x86.
 
     torch.export (strict: Dynamo records each call of a module on its own, so torchvision's ReLU modules
@@ -55,8 +59,9 @@ def int8_static(model: nn.Module, calibration: list[torch.Tensor]) -> tuple[torc
     conv+add+relu annotation rejects under the default non-strict export), then the X86InductorQuantizer
     (int8 activations per tensor, int8 weights per channel, BatchNorm folded into the convs), observers
     calibrated on `calibration`, converted, and compiled by inductor with freezing, which lowers the
-    quantize/dequantize pairs into oneDNN int8 kernels. Returns the converted graph (its state dict is the
-    int8 model on disk), the compiled model (what runs) and the coverage.
+    quantize/dequantize pairs into oneDNN int8 kernels. `reduce_range` quantizes activations to 0-127 rather
+    than 0-255 (see `wants_reduce_range`). Returns the converted graph (its state dict is the int8 model on
+    disk, and run eagerly it is the reference int8 model), the compiled model (what runs) and the coverage.
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
@@ -64,7 +69,7 @@ def int8_static(model: nn.Module, calibration: list[torch.Tensor]) -> tuple[torc
     layers = layer_counts(model)
     exported = torch.export.export(model, (calibration[0],), strict=True).module()
     quantizer = x86.X86InductorQuantizer()
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
     observed = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for batch in calibration:
@@ -72,6 +77,11 @@ def int8_static(model: nn.Module, calibration: list[torch.Tensor]) -> tuple[torc
     converted = convert_pt2e(observed)
     drop_unused_tensors(converted)
     return converted, Frozen(torch.compile(converted)), coverage(int8_graph_layers(converted), layers)
+
+
+def wants_reduce_range(isa: CpuIsa) -> bool:
+    """PLACEHOLDER"""
+    return not isa.vnni
 
 
 class Frozen(nn.Module):

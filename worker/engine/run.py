@@ -4,7 +4,8 @@ The steps, in order (each reported through `on_progress` for the queue's progres
 1. resolve the device; an optimization that can't run there makes the result `unsupported`;
 2. loading: build the fp32 model on the device and record its outputs on a seeded probe batch;
 3. optimizing: apply the optimization chain and make the first call (compilation happens here,
-   timed as `prepare_seconds`), then read size, FLOPs and fidelity against the fp32 outputs;
+   timed as `prepare_seconds`), then read size, FLOPs and fidelity against the fp32 outputs (and, where
+   the optimization has a reference model, the reference's fidelity and the kernels' against it);
 4. warmup, then measuring: the timed phase of `worker.engine.measure`, with memory and energy trackers,
    then throughput: the back-to-back phase.
 Every cell first pins itself to its CPU cores (OPTBENCH_CPU_CORES) and sets fp32 math to strict IEEE
@@ -170,11 +171,19 @@ def _prepare(
         result.update(serialized_size(prepared.artifact))
     result.update(prepared.fields)
     result.gflops_per_sample = gflops_per_sample(eager.model, eager.inputs(1, spec.image_size, seed=spec.seed))
-    outputs = run_probe(
-        prepared.model, [b.to(dtype=prepared.dtype, memory_format=prepared.memory_format) for b in probe]
-    )
+    probe = [b.to(dtype=prepared.dtype, memory_format=prepared.memory_format) for b in probe]
+    outputs = run_probe(prepared.model, probe)
     result.update(fidelity(reference, outputs))
+    if prepared.reference is not None:  # the error split: the quantization's, then the kernels'
+        quantized = run_probe(prepared.reference, probe)
+        result.update(split_fidelity("quant_", fidelity(reference, quantized)))
+        result.update(split_fidelity("kernel_", fidelity(quantized, outputs)))
     return prepared, inputs
+
+
+def split_fidelity(prefix: str, measured: dict[str, float | int]) -> dict[str, float | int]:
+    """`fidelity`'s figures under `prefix` (`quant_`, `kernel_`); the sample count is the row's `fidelity_samples`."""
+    return {prefix + name: value for name, value in measured.items() if name != "fidelity_samples"}
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from worker.engine import onnx_runtime, quantize
+from worker.engine.environment import effective_cpu_isa
 from worker.engine.models import make_inputs
 from worker.engine.precision import capability_shortfall, set_tf32
 
@@ -68,6 +69,9 @@ class Prepared:
     artifact: nn.Module | bytes | None = None
     # Result fields a step records about itself (execution provider, opset, calibration set, quantized layers).
     fields: dict[str, Any] = field(default_factory=dict)
+    # The model whose arithmetic `model`'s kernels implement, where one exists (int8_static: the converted graph
+    # run eagerly): fidelity is then also split into the reference's error and the kernels' (`run._prepare`).
+    reference: nn.Module | None = None
 
     def inputs(self, batch_size: int, image_size: int, seed: int) -> torch.Tensor:
         return make_inputs(
@@ -169,10 +173,11 @@ def _int8_static(prepared: Prepared, spec: CellSpec) -> Prepared:
     batches = math.ceil(CALIBRATION_SAMPLES / spec.batch_size)
     seed = spec.seed + CALIBRATION_SEED_OFFSET
     calibration = [prepared.inputs(spec.batch_size, spec.image_size, seed=seed + i) for i in range(batches)]
-    converted, compiled, layers = quantize.int8_static(prepared.model, calibration)
+    reduce_range = quantize.wants_reduce_range(effective_cpu_isa())
+    converted, compiled, layers = quantize.int8_static(prepared.model, calibration, reduce_range)
     described = f"normal(seed={seed}, samples={batches * spec.batch_size}, {spec.image_size} px)"
-    prepared = replace(prepared, model=compiled, artifact=converted)
-    return _with_fields(prepared, calibration=described, quantized_layers=layers)
+    prepared = replace(prepared, model=compiled, artifact=converted, reference=converted)
+    return _with_fields(prepared, calibration=described, quantized_layers=layers, reduce_range=reduce_range)
 
 
 def _onnxruntime(prepared: Prepared, spec: CellSpec) -> Prepared:
