@@ -11,6 +11,8 @@ DEVICE        ?=
 IMAGE_SIZE    ?=
 NAME          ?=
 REPEATS       ?=
+MAX_REPEATS   ?=
+TIME_BUDGET   ?=
 SWEEP         ?= latest
 CELLS         ?=
 # BROKER=rabbitmq: with no OPTBENCH_BROKER_URL, the commands below start a private RabbitMQ as the broker
@@ -19,9 +21,10 @@ BROKER        ?= redis
 SWEEP_ARGS = $(if $(MODEL),--model $(MODEL)) $(if $(OPTIMIZATIONS),--optimizations $(OPTIMIZATIONS)) \
              $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES)) $(if $(DEVICE),--device $(DEVICE)) \
              $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(NAME),--name $(NAME)) \
-             $(if $(REPEATS),--repeats $(REPEATS))
+             $(if $(REPEATS),--repeats $(REPEATS)) $(if $(MAX_REPEATS),--max-repeats $(MAX_REPEATS)) \
+             $(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET))
 
-.PHONY: setup sweep resume worker flower status collect report rerun cell compare test bench lint clean
+.PHONY: setup sweep resume decide worker flower status collect report recommend rerun cell compare test bench lint clean
 
 # The venv is rebuilt only when pyproject.toml changes (idempotent). redis-server and rabbitmq-server
 # are system packages: installed with apt-get when missing and we are root.
@@ -49,6 +52,10 @@ sweep: setup
 resume: setup
 	$(PY) -m producer resume --start-missing --broker $(BROKER) --sweep $(SWEEP)
 
+# Drive a `--repeats auto` sweep started elsewhere (more rounds for undecided cells), then collect and report
+decide: setup
+	$(PY) -m producer decide --start-missing --broker $(BROKER) --sweep $(SWEEP)
+
 # One Celery worker per GPU of this host (plus a CPU worker); point them at the shared Redis.
 worker: setup
 	$(PY) -m worker
@@ -66,6 +73,10 @@ collect: setup
 # results/<sweep id>/report.md with plots (make sweep writes it too)
 report: setup
 	$(PY) -m results report --start-missing --sweep $(SWEEP)
+
+# What to ship: make recommend [SWEEP=<id>] [ARGS="--objective latency_p99 --max-latency-p99-ms 20"]
+recommend: setup
+	$(PY) -m results recommend $(if $(filter-out latest,$(SWEEP)),$(SWEEP)) $(ARGS)
 
 # make rerun CELLS=fp16@bs16,prune@bs1#2 (a cell: all its runs; #N: one run)   or   make rerun   (all failed runs)
 rerun: setup

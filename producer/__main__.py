@@ -109,16 +109,15 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
         state["sweep_id"] = sweep.id
         where = f"{device} (queue {gpu_queue})" if device == "cuda" else device
         cells = len(sweep.cell_ids())
-        policy = (
-            f"{request.first_rounds} rounds, then more for undecided cells only (up to {request.max_repeats}"
-            + (f", or {request.time_budget:g} s" if request.time_budget else "")
-            + ")"
+        more = (
+            f"; then more rounds for undecided cells only, up to {request.max_repeats} runs per cell"
+            + (f" or {request.time_budget:g} s" if request.time_budget else "")
             if request.repeats == AUTO
-            else f"{request.repeats} runs"
+            else ""
         )
         console.print(
-            f"sweep [bold]{sweep.id}[/]: {cells} cells x {policy}: {len(sweep.runs)} runs on {where}, "
-            f"interleaved round by round (order seed {sweep.spec['order_seed']})",
+            f"sweep [bold]{sweep.id}[/]: {cells} cells x {request.first_rounds} runs = {len(sweep.runs)} runs on "
+            f"{where}, interleaved round by round (order seed {sweep.spec['order_seed']}){more}",
             highlight=False,
         )
         if request.repeats == AUTO and not args.wait:

@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 
+from shared import config
 from shared.connection import LOOPBACK
 from shared.errors import OptbenchError
-from shared.services import stop_process
+from shared.processes import stop_process
 
 
 def basic_auth() -> str | None:
-    user, password = os.environ.get("OPTBENCH_FLOWER_USER"), os.environ.get("OPTBENCH_FLOWER_PASSWORD")
+    user, password = config.flower_login()
     if user and password:
         return f"{user}:{password}"
     if user or password:
@@ -47,7 +48,7 @@ def run(redis_url: str, broker_url: str, address: str, port: int) -> int:
             f"refusing to serve Flower on {address} without credentials: "
             "set OPTBENCH_FLOWER_USER and OPTBENCH_FLOWER_PASSWORD, or use --address 127.0.0.1"
         )
-    env = {**os.environ, "OPTBENCH_REDIS_URL": redis_url, "OPTBENCH_BROKER_URL": broker_url}
+    env = config.env_with_services(redis_url, broker_url)
     if auth:
         env["FLOWER_BASIC_AUTH"] = auth
     process = subprocess.Popen(flower_command(address, port), env=env)

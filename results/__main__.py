@@ -1,4 +1,4 @@
-"""`python -m results collect|report|compare`: a sweep's CSVs from the Redis result backend, its report, and
+"""`python -m results collect|report|compare|recommend`: a sweep's CSVs from the Redis result backend, its report, and
 the comparison of two sweeps. Needs no torch.
 """
 
@@ -8,6 +8,7 @@ import sys
 
 from shared import manifest
 from shared.cli import OneLineParser, one_line_errors
+from shared.config import DEFAULT_MIN_EFFECT
 from shared.services import session
 
 PROG = "python -m results"
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         from results.compare import main as compare_main
 
         return compare_main(argv[1:])
+    if argv[:1] == ["recommend"]:
+        from results.recommend import main as recommend_main
+
+        return recommend_main(argv[1:])
     parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     collect_cmd = commands.add_parser(
@@ -27,10 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     report_cmd = commands.add_parser("report", help="collect, then write results/<sweep id>/report.md and plots")
     commands.add_parser("compare", help="sweep B against sweep A, cell by cell: compare A B (see compare --help)")
+    commands.add_parser("recommend", help="what to ship under constraints (see recommend --help)")
     for command in (collect_cmd, report_cmd):
         command.add_argument("--sweep", default="latest", help="sweep id, or latest (default)")
         command.add_argument(
-            "--min-effect", type=float, default=0.03, help="smallest ratio change a verdict calls (0.03)"
+            "--min-effect",
+            type=float,
+            default=DEFAULT_MIN_EFFECT,
+            help=f"smallest ratio change a verdict calls ({DEFAULT_MIN_EFFECT:g})",
         )
         command.add_argument("--start-missing", action="store_true", help="start the private Redis if needed")
     args = parser.parse_args(argv)

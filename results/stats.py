@@ -75,6 +75,12 @@ STAT_COLUMNS = (
     "throughput_ci_high",
     "latency_ms_p50_ci_low",
     "latency_ms_p50_ci_high",
+    "latency_ms_p99_ci_low",
+    "latency_ms_p99_ci_high",
+    "peak_mem_allocated_mb_ci_low",
+    "peak_mem_allocated_mb_ci_high",
+    "process_mem_mb_ci_low",
+    "process_mem_mb_ci_high",
     "run_to_run_cv",
     "contended_runs",
     "runs_used",
@@ -304,6 +310,8 @@ def _cell_row(cell: pd.DataFrame, carried: list[str], confidence: float) -> dict
     row["hosts"] = ",".join(sorted(hosts))
     row["throughput_ci_low"], row["throughput_ci_high"] = value_interval(throughput, confidence)
     row["latency_ms_p50_ci_low"], row["latency_ms_p50_ci_high"] = value_interval(p50, confidence)
+    for column in ("latency_ms_p99", "peak_mem_allocated_mb", "process_mem_mb"):  # what `recommend` constrains
+        row[f"{column}_ci_low"], row[f"{column}_ci_high"] = value_interval(numeric(used, column), confidence)
     finite = throughput[np.isfinite(throughput)]
     row["run_to_run_cv"] = float(finite.std(ddof=1) / finite.mean()) if len(finite) >= 2 else math.nan
     row["contended_runs"] = int(contended(ok).sum())

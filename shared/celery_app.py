@@ -10,21 +10,27 @@ JSON only, one unacknowledged cell per worker. Importing it needs no torch: the 
 
 from __future__ import annotations
 
-import os
+import threading
 
 from celery import Celery
+from celery.app import backends
 from celery.app.amqp import AMQP
+from kombu import pools
 
 from shared import config, keys
 
 settings = config.load()
 
 
-class ShadowNamedEvents(AMQP):
-    """Task messages whose `task-sent` event carries the task's shadow name too (`optbench.run_cell <run>
-    [<sweep>]`), as the worker's `task-received` event does: Flower keeps the name of whichever event
-    reaches it last, so with Celery's default (the plain task name in `task-sent`) a run's name in
-    Flower depended on the order the two events arrived in."""
+class OptbenchAMQP(AMQP):
+    """Celery's messaging, with two changes.
+
+    - A task message's `task-sent` event carries the task's shadow name too (`optbench.run_cell <run>
+      [<sweep>]`), as the worker's `task-received` event does: Flower keeps the name of whichever event
+      reaches it last, so with Celery's default (the plain task name in `task-sent`) a run's name in
+      Flower depended on the order the two events arrived in.
+    - Its producers come from the pool of the broker the app is configured with now (kombu keeps one
+      pool per broker), not the first one it used: see `OptbenchCelery`."""
 
     def as_task_v2(self, *args, **kwargs):
         message = super().as_task_v2(*args, **kwargs)
@@ -33,13 +39,45 @@ class ShadowNamedEvents(AMQP):
             message.sent_event["name"] = shadow
         return message
 
+    @property
+    def producer_pool(self):
+        producers = pools.producers[self.app.connection_for_write()]
+        producers.limit = self.app.pool.limit
+        return producers
 
-app = Celery(
+
+class OptbenchCelery(Celery):
+    """A Celery app whose broker connections and result backend follow its configuration: after
+    `app.conf.update(broker_url=..., result_backend=...)` (see `use_services`) the next message goes to the
+    new broker and the next read or write of a result to the new Redis. Celery's own app makes both on
+    first use and keeps them; this one asks kombu for the pool of the configured broker (one per broker,
+    made once) and keeps one result backend per thread (as Celery does) for the configured URL."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.thread_backends = threading.local()  # .current: (result_backend URL, its backend) of this thread
+
+    @property
+    def pool(self):
+        pools.set_limit(self.conf.broker_pool_limit)
+        return pools.connections[self.connection_for_write()]
+
+    @property
+    def backend(self):
+        url = self.conf.result_backend
+        current = getattr(self.thread_backends, "current", None)
+        if current is None or current[0] != url:
+            backend_class, backend_url = backends.by_url(url, self.loader)
+            current = self.thread_backends.current = (url, backend_class(app=self, url=backend_url))
+        return current[1]
+
+
+app = OptbenchCelery(
     "optbench",
     broker=settings.broker_url,
     backend=settings.redis_url,
     include=["worker.tasks"],
-    amqp=ShadowNamedEvents,
+    amqp=OptbenchAMQP,
 )
 app.conf.update(
     # Pickle can run code on whoever reads it: only JSON crosses the broker and the backend.
@@ -102,20 +140,16 @@ app.conf.update(broker_settings(config.broker_kind(settings.broker_url)))
 
 
 # What this worker is pinned to, for Flower's worker view (Config tab) and /api/workers?refresh=1.
-app.conf.optbench_gpu = os.environ.get("OPTBENCH_GPU", "none (CPU worker)")
+app.conf.optbench_gpu = config.worker_gpu()
 
 
 def use_services(redis_url: str, broker_url: str | None = None) -> None:
-    """Point this process's app at another Redis and broker (the producer does, after starting private ones).
+    """Point this process's app at another Redis and broker (the producer does, after starting private ones):
+    the next message sent and the next result read use them (`OptbenchCelery`).
 
     Without `broker_url` the Redis is the broker too."""
     broker_url = broker_url or redis_url
     app.conf.update(broker_url=broker_url, result_backend=redis_url, **broker_settings(config.broker_kind(broker_url)))
-    # Celery keeps its broker connections in pools, and its result backend per thread, made on first
-    # use: drop them, so that the next send and the next read use the new broker and Redis.
-    app._pool = None
-    app.amqp._producer_pool = None
-    app._local.__dict__.pop("backend", None)
 
 
 def queue_lengths(names: set[str]) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Settings from the environment, read in one place. Every variable is documented in the README."""
+"""Settings from the environment, read in one place: every OPTBENCH_* variable is read here, and every
+default is defined here once. Every variable is documented in the README."""
 
 from __future__ import annotations
 
@@ -18,8 +19,22 @@ DEFAULT_CONFIDENCE = 0.95
 # up to the maximum; a number means exactly that many.
 DEFAULT_MAX_REPEATS = 10
 MAX_REPEATS = 100
+# The queue's limits and timings (seconds unless named otherwise); each is overridden by its variable.
+DEFAULT_CELL_TIME_LIMIT = 1800.0  # OPTBENCH_CELL_TIME_LIMIT
+DEFAULT_RESULT_EXPIRES = 30 * 24 * 3600  # OPTBENCH_RESULT_EXPIRES
+DEFAULT_MAX_TRIES = 2  # OPTBENCH_MAX_TRIES (deliveries)
+DEFAULT_UNACKED_RESTORE_INTERVAL = 10.0  # OPTBENCH_UNACKED_RESTORE_INTERVAL
+DEFAULT_UNACKED_RESTORE_THROTTLE = 10  # OPTBENCH_UNACKED_RESTORE_THROTTLE (every Nth interval)
+DEFAULT_UNACKED_MUTEX_EXPIRE = 300  # OPTBENCH_UNACKED_MUTEX_EXPIRE
+DEFAULT_BROKER_HEARTBEAT = 10.0  # OPTBENCH_BROKER_HEARTBEAT
+STALL_MARGIN = 60.0  # the default stall timeout: the longest a run can sit unchanged, plus this
+DEFAULT_BROKER = "redis"  # OPTBENCH_BROKER: what `--start-missing` starts as the broker without OPTBENCH_BROKER_URL
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
 DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "amqps": 5671}
+# Set by `python -m worker` for each worker it starts: the host in the worker's name and results, and its GPU.
+HOST_ENV = "OPTBENCH_HOST"
+GPU_ENV = "OPTBENCH_GPU"
+NO_GPU = "none (CPU worker)"
 
 
 @dataclass(frozen=True)
@@ -40,29 +55,71 @@ class Settings:
 
 
 def load() -> Settings:
-    limit = float(os.environ.get("OPTBENCH_CELL_TIME_LIMIT", "1800"))
-    redis_url = os.environ.get("OPTBENCH_REDIS_URL") or DEFAULT_REDIS_URL
-    broker_url = os.environ.get("OPTBENCH_BROKER_URL") or redis_url
+    limit = float(os.environ.get("OPTBENCH_CELL_TIME_LIMIT", DEFAULT_CELL_TIME_LIMIT))
+    redis_url = redis_url_from_env() or DEFAULT_REDIS_URL
+    broker_url = broker_url_from_env() or redis_url
+    visibility = float(os.environ.get("OPTBENCH_VISIBILITY_TIMEOUT", redelivery_timeout(limit)))
+    restore_interval = float(os.environ.get("OPTBENCH_UNACKED_RESTORE_INTERVAL", DEFAULT_UNACKED_RESTORE_INTERVAL))
+    restore_throttle = int(os.environ.get("OPTBENCH_UNACKED_RESTORE_THROTTLE", DEFAULT_UNACKED_RESTORE_THROTTLE))
+    mutex_expire = int(os.environ.get("OPTBENCH_UNACKED_MUTEX_EXPIRE", DEFAULT_UNACKED_MUTEX_EXPIRE))
+    bound = _redelivery_bound(limit, broker_url, visibility, restore_interval * restore_throttle + mutex_expire)
     return Settings(
         redis_url=redis_url,
         broker_url=broker_url,
         cell_time_limit=limit,
-        visibility_timeout=float(os.environ.get("OPTBENCH_VISIBILITY_TIMEOUT", str(2 * limit + 600))),
-        result_expires=int(os.environ.get("OPTBENCH_RESULT_EXPIRES", str(30 * 24 * 3600))),
+        visibility_timeout=visibility,
+        result_expires=int(os.environ.get("OPTBENCH_RESULT_EXPIRES", DEFAULT_RESULT_EXPIRES)),
         results_dir=results_dir(),
         allow_faults=os.environ.get("OPTBENCH_ALLOW_FAULTS") == "1",
-        max_tries=int(os.environ.get("OPTBENCH_MAX_TRIES", "2")),
-        unacked_restore_interval=float(os.environ.get("OPTBENCH_UNACKED_RESTORE_INTERVAL", "10")),
-        unacked_restore_throttle=int(os.environ.get("OPTBENCH_UNACKED_RESTORE_THROTTLE", "10")),
-        unacked_mutex_expire=int(os.environ.get("OPTBENCH_UNACKED_MUTEX_EXPIRE", "300")),
-        stall_timeout=float(os.environ.get("OPTBENCH_STALL_TIMEOUT", str(_redelivery_bound(limit, broker_url) + 60))),
-        broker_heartbeat=float(os.environ.get("OPTBENCH_BROKER_HEARTBEAT", "10")),
+        max_tries=int(os.environ.get("OPTBENCH_MAX_TRIES", DEFAULT_MAX_TRIES)),
+        unacked_restore_interval=restore_interval,
+        unacked_restore_throttle=restore_throttle,
+        unacked_mutex_expire=mutex_expire,
+        stall_timeout=float(os.environ.get("OPTBENCH_STALL_TIMEOUT", bound + STALL_MARGIN)),
+        broker_heartbeat=float(os.environ.get("OPTBENCH_BROKER_HEARTBEAT", DEFAULT_BROKER_HEARTBEAT)),
     )
+
+
+def redis_url_from_env() -> str | None:
+    """OPTBENCH_REDIS_URL, or None when it is unset (or empty)."""
+    return os.environ.get("OPTBENCH_REDIS_URL") or None
+
+
+def broker_url_from_env() -> str | None:
+    """OPTBENCH_BROKER_URL, or None when it is unset (or empty): then the Redis is the broker too."""
+    return os.environ.get("OPTBENCH_BROKER_URL") or None
+
+
+def default_broker() -> str:
+    """What `--start-missing` starts as the broker when OPTBENCH_BROKER_URL is unset: OPTBENCH_BROKER, else
+    `redis` (the Redis is the broker too); `rabbitmq` is a private RabbitMQ."""
+    return os.environ.get("OPTBENCH_BROKER") or DEFAULT_BROKER
 
 
 def results_dir() -> Path:
     """Where CSVs and reports are written: OPTBENCH_RESULTS_DIR, else `results`."""
     return Path(os.environ.get("OPTBENCH_RESULTS_DIR") or "results")
+
+
+def worker_host() -> str | None:
+    """The host a worker's results name (OPTBENCH_HOST, set by `python -m worker --host`), or None."""
+    return os.environ.get(HOST_ENV) or None
+
+
+def worker_gpu() -> str:
+    """What this worker is pinned to (OPTBENCH_GPU, set by `python -m worker`), for Flower's worker view."""
+    return os.environ.get(GPU_ENV, NO_GPU)
+
+
+def flower_login() -> tuple[str | None, str | None]:
+    """OPTBENCH_FLOWER_USER and OPTBENCH_FLOWER_PASSWORD, each None when unset (or empty)."""
+    return os.environ.get("OPTBENCH_FLOWER_USER") or None, os.environ.get("OPTBENCH_FLOWER_PASSWORD") or None
+
+
+def env_with_services(redis_url: str, broker_url: str | None = None) -> dict[str, str]:
+    """This process's environment for a child (workers, Flower) that uses this Redis and this broker
+    (without `broker_url`, the Redis is the broker too)."""
+    return {**os.environ, "OPTBENCH_REDIS_URL": redis_url, "OPTBENCH_BROKER_URL": broker_url or redis_url}
 
 
 def broker_kind(url: str) -> str:
@@ -76,24 +133,28 @@ def broker_kind(url: str) -> str:
     return "rabbitmq" if scheme.startswith("amqp") else "redis"
 
 
+def redelivery_timeout(limit: float) -> float:
+    """How long a worker may hold a cell unacknowledged before the broker gives it to another worker: twice
+    the cell time limit plus ten minutes (72 min at the default limit). The Redis transport's visibility
+    timeout (unless OPTBENCH_VISIBILITY_TIMEOUT says otherwise) and RabbitMQ's `consumer_timeout`."""
+    return 2 * limit + 600
+
+
 def consumer_timeout(limit: float) -> float:
     """RabbitMQ's `consumer_timeout` for optbench, in seconds: RabbitMQ closes the channel of a delivery
     unacknowledged for longer (and requeues it: a second run). A cell is acknowledged when it ends, so
     this must exceed the cell time limit; RabbitMQ's default (30 min) equals ours. Set on the server."""
-    return 2 * limit + 600
+    return redelivery_timeout(limit)
 
 
-def _redelivery_bound(limit: float, broker_url: str) -> float:
+def _redelivery_bound(limit: float, broker_url: str, visibility: float, restore_delay: float) -> float:
     """The longest a run can sit unfinished without anything changing: a cell at its time limit, or the
-    Redis transport's redelivery of a lost worker's run (visibility timeout + one restore scan + its lock).
-    RabbitMQ requeues a lost worker's run within seconds (connection closed, or missed heartbeats)."""
+    Redis transport's redelivery of a lost worker's run (visibility timeout + `restore_delay`: one restore
+    scan and its lock). RabbitMQ requeues a lost worker's run within seconds (connection closed, or missed
+    heartbeats)."""
     if urlsplit(broker_url).scheme.startswith("amqp"):
         return limit
-    visibility = float(os.environ.get("OPTBENCH_VISIBILITY_TIMEOUT", str(2 * limit + 600)))
-    scan = float(os.environ.get("OPTBENCH_UNACKED_RESTORE_INTERVAL", "10")) * int(
-        os.environ.get("OPTBENCH_UNACKED_RESTORE_THROTTLE", "10")
-    )
-    return max(limit, visibility + scan + int(os.environ.get("OPTBENCH_UNACKED_MUTEX_EXPIRE", "300")))
+    return max(limit, visibility + restore_delay)
 
 
 def redact(url: str) -> str:

@@ -148,7 +148,7 @@ def start_workers(
 
 def stop_workers(process: subprocess.Popen) -> None:
     """SIGTERM (warm shutdown), then SIGKILL to the whole group if it lingers."""
-    from shared.services import stop_process
+    from shared.processes import stop_process
 
     stop_process(process, timeout=60)
     with contextlib.suppress(ProcessLookupError):

@@ -1,11 +1,17 @@
 """Every optimization through the real runner on the CPU, with tiny images and budgets."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from shared.catalogue import parse_chain
 from shared.result import FIELD_NAMES
-from tests.conftest import tiny_spec
+from tests.conftest import REPO, tiny_spec
+from worker.engine.environment import cpu_flags, effective_cpu_isa, hardware_cpu_isa, onednn_features
 from worker.engine.model_stats import size_stats
 from worker.engine.models import build_model
 from worker.engine.run import error_type, run_cell
@@ -78,6 +84,54 @@ def test_baseline_is_measured_and_identical_to_the_fp32_reference(baseline):
     assert baseline.peak_mem_allocated_mb is None and baseline.energy_j_per_sample is None
     assert baseline.host and baseline.torch_version == torch.__version__ and baseline.cpu_threads >= 1
     assert baseline.started_at < baseline.finished_at
+
+
+DISPATCH_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+ISA_FIELDS = "import json; from worker.engine.environment import cpu_isa_fields as f; print(json.dumps(f()))"
+# A oneDNN convolution under verbose output before the fields are read: oneDNN's header, printed once, is gone.
+ISA_FIELDS_AFTER_VERBOSE = (
+    "import torch; from worker.engine.environment import _tiny_onednn_convolution as c\n"
+    "with torch.backends.mkldnn.verbose(1): c()\n" + ISA_FIELDS
+)
+
+
+def isa_fields_in_a_subprocess(code: str, **limits: str) -> dict:
+    env = {**{k: v for k, v in os.environ.items() if k not in DISPATCH_LIMITS}, **limits}
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def test_every_row_records_the_effective_and_the_hardware_cpu_isa(baseline):
+    assert baseline.cpu_isa == str(effective_cpu_isa()) and baseline.onednn_isa
+    assert baseline.cpu_isa_hardware == str(hardware_cpu_isa())
+    if not any(os.environ.get(name) for name in DISPATCH_LIMITS):  # no limit: the kernels use what the CPU has
+        assert baseline.cpu_isa == baseline.cpu_isa_hardware
+
+
+@pytest.mark.parametrize(
+    ("onednn", "features"),
+    [  # oneDNN 3.12's words under each ONEDNN_MAX_CPU_ISA, on a Xeon with AMX
+        ("Intel AVX2", ""),
+        ("Intel AVX2 with Intel DL Boost", "vnni"),
+        ("Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions", ""),
+        ("Intel AVX-512 with Intel DL Boost", "vnni"),
+        ("Intel AVX-512 with Intel DL Boost and bfloat16 support", "vnni avx512_bf16"),
+        ("Intel AVX 10.1", "vnni avx512_bf16"),
+        ("Intel AVX10.1 and Intel AMX with bfloat16 and 8-bit integer support", "vnni avx512_bf16 amx"),
+    ],
+)
+def test_the_int8_and_bf16_features_are_read_from_onednns_own_words(onednn, features):
+    found = onednn_features(onednn)
+    assert " ".join(name for name, present in found.items() if present) == features
+
+
+@pytest.mark.skipif(not {"avx2", "fma"} <= (cpu_flags() or set()), reason="limiting dispatch to AVX2 needs AVX2")
+def test_the_cpu_isa_is_the_one_the_dispatch_limits_leave():
+    limited = isa_fields_in_a_subprocess(ISA_FIELDS, ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    assert limited == {"cpu_isa": "AVX2", "cpu_isa_hardware": str(hardware_cpu_isa()), "onednn_isa": "Intel AVX2"}
+    # oneDNN's header is printed once per process: read after verbose output, it comes from a fresh interpreter
+    assert isa_fields_in_a_subprocess(ISA_FIELDS_AFTER_VERBOSE, ONEDNN_MAX_CPU_ISA="AVX2")["onednn_isa"] == "Intel AVX2"
 
 
 def test_prune_keeps_dense_size_shrinks_compressed_size_and_reaches_the_sparsity(baseline):

@@ -18,7 +18,7 @@ import pytest
 from producer.sweep import SweepRequest, create
 from results.collect import collect
 from shared import keys, manifest
-from shared.services import free_port, stop_process
+from shared.processes import free_port, stop_process
 from tests.conftest import REPO, TINY_CELL_OPTIONS, run_cli, service_env, wait_for_sweep
 
 pytestmark = pytest.mark.timeout(300)

@@ -225,7 +225,8 @@ def test_a_redis_restart_mid_sweep_loses_no_result(broker_url, redis_url, two_ho
     from celery import Celery
 
     from shared.connection import connect
-    from shared.services import free_port, private_redis
+    from shared.processes import free_port
+    from shared.services import private_redis
 
     rabbitmq = None if broker_url == redis_url else broker_url
     two_hosts.stop()  # on RabbitMQ they would take this test's cells and store them in the session's Redis

@@ -39,7 +39,7 @@ METRIC_COLUMNS = {
     "peak memory": ("memory_mb", False),
 }
 MEMORY_COLUMNS = ("peak_mem_allocated_mb", "process_mem_mb")
-PLOTS = {"throughput.png", "latency.png", "memory.png", "model_size.png", "speedup.png", "fidelity.png"}
+PLOTS = {"pareto.png", "throughput.png", "latency.png", "memory.png", "model_size.png", "speedup.png", "fidelity.png"}
 RUN_COLUMNS = (
     "sweep_id", "run_id", "cell_id", "repeat", "status", "attempts", "tries", "worker", "model", "optimization",
     "batch_size", "image_size", "requested_device", "device", "device_name", "weights", "error_type", "error",

@@ -73,7 +73,7 @@ def test_a_small_sweep_yields_run_and_cell_csvs_and_rerun_replaces_one_cells_run
     assert (both["throughput_ci_low"] <= both["throughput_sps"]).all()
     assert (both["throughput_sps"] <= both["throughput_ci_high"]).all()
     assert pd.isna(first.loc["baseline@bs1", "verdict"])  # a baseline row has no verdict
-    assert set(first.loc[["prune@bs1", "prune@bs2"], "verdict"]) <= {"faster", "slower", "no_difference"}
+    assert set(first.loc[["prune@bs1", "prune@bs2"], "verdict"]) <= {"faster", "slower", "equivalent", "inconclusive"}
     assert (first.loc[["prune@bs1", "prune@bs2"], "speedup_ci_low"] > 0).all()
 
     rerun = run_cli("producer", "rerun", "--sweep", sweep_id, "--cells", "prune@bs2", "--wait", env=env)
@@ -152,7 +152,10 @@ def test_two_sweeps_at_once_keep_their_cells_and_rows_apart(app, redis_client, w
         (["--batch-sizes", "1.5"], "batch sizes must be integers"),
         (["--batch-sizes", "100000"], "batch_size must be between 1 and 4096 (got 100000)"),
         (["--repeats", "0"], "repeats must be between 1 and 100 (got 0)"),
-        (["--repeats", "three"], "argument --repeats: invalid int value: 'three'"),
+        (["--repeats", "three"], "repeats must be auto or a whole number of runs per cell (got 'three')"),
+        (["--max-repeats", "1"], "max repeats must be an integer between 2 and 100 (got 1)"),
+        (["--max-repeats", "x"], "argument --max-repeats: invalid int value: 'x'"),
+        (["--time-budget", "0"], "time budget must be a positive number of seconds (got 0.0)"),
         (["--optimizations", "fp16 + bf16"], "optimization 'fp16 + bf16' sets the precision twice"),
         (["--optimizations", "fp16+channels_last,fp16 + channels_last"], "duplicate optimization fp16+channels_last"),
     ],

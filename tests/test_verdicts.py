@@ -1,4 +1,4 @@
-"""Verdicts end to end on this CPU: an A/A pair stays `no_difference` under a noisy neighbour, a real effect is called.
+"""Verdicts end to end on this CPU: an A/A pair is never faster or slower under a noisy neighbour, a real effect is.
 
 `aa_control` is the baseline measured again as a cell of its own, so any speed difference between the
 two is noise; `channels_last` runs SqueezeNet at 192 px 2-3x faster on this VM's CPUs (1.3-1.8x at
@@ -8,7 +8,7 @@ signal and left out of the statistics, and the verdicts must not change.
 
 `prune` is no A/A pair on this VM, though it computes the same dense kernels: within one worker it ran
 1.28x [1.18x, 1.40x] faster than the baseline over 11 rounds, while separate interpreters showed no
-difference (README, "What this machine taught us").
+difference (docs/notes/2026-11-vm-findings.md, "prune against baseline: an A/A pair that is not one").
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def wait_until_finished(app, client, sweep_id: str, count: int, timeout: float =
         time.sleep(POLL_SECONDS)
 
 
-def test_an_aa_pair_is_no_difference_under_a_noisy_neighbour_and_a_real_effect_is_faster(
+def test_an_aa_pair_is_never_faster_or_slower_under_a_noisy_neighbour_and_a_real_effect_is_faster(
     app, redis_client, workers, tmp_path
 ):
     optimizations = ("baseline", "aa_control", "channels_last")
@@ -77,5 +77,6 @@ def test_an_aa_pair_is_no_difference_under_a_noisy_neighbour_and_a_real_effect_i
     summary = cells[["speedup", "speedup_ci_low", "speedup_ci_high", "verdict", "runs_used", "contended_runs"]]
     assert set(cells["status"]) == {"ok"}, summary
     assert cells["contended_runs"].sum() >= 1, summary  # the neighbour was seen by the runs it slowed
-    assert cells.loc[f"aa_control@bs{BATCH_SIZE}", "verdict"] == "no_difference", summary
+    # equivalent needs the interval inside ±10%; at this host's noise it may stay inconclusive: both are right
+    assert cells.loc[f"aa_control@bs{BATCH_SIZE}", "verdict"] in ("equivalent", "inconclusive"), summary
     assert cells.loc[f"channels_last@bs{BATCH_SIZE}", "verdict"] == "faster", summary

@@ -23,7 +23,7 @@ import subprocess
 import sys
 
 from shared import keys
-from shared.config import load, redact
+from shared.config import GPU_ENV, HOST_ENV, load, redact
 from shared.connection import check_broker, connect
 from shared.errors import OptbenchError
 from worker.engine.cores import CORES_ENV, format_cores, plan_cores
@@ -59,7 +59,7 @@ def worker_commands(
             {
                 "CUDA_VISIBLE_DEVICES": gpu.uuid,
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-                "OPTBENCH_GPU": f"index {gpu.index}, {gpu.name}, {gpu.uuid}",
+                GPU_ENV: f"index {gpu.index}, {gpu.name}, {gpu.uuid}",
                 **pinned(worker_cores),
             },
         )
@@ -67,7 +67,7 @@ def worker_commands(
     ]
     if with_cpu_worker:
         workers.append((command("cpu", keys.CPU_QUEUE), {"CUDA_VISIBLE_DEVICES": "", **pinned(plan.cpu)}))
-    return [(cmd, {**extra, "OPTBENCH_HOST": host}) for cmd, extra in workers]
+    return [(cmd, {**extra, HOST_ENV: host}) for cmd, extra in workers]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from results.ranking import rank_all
+from results.recommend import Constraints
 from results.report.citations import CONFIDENCE, Citations
 from results.report.environment import environment_section, not_measured_section
 from results.report.load import load_cells, load_runs, measured
@@ -35,6 +36,7 @@ from results.report.noise import noise_section
 from results.report.plots import write_plots
 from results.report.sections import _how_quantized as _how_quantized  # tests/test_optimizations.py reads it here
 from results.report.sections import best_section, fidelity_section, header_section, versus_baseline_section
+from results.report.ship import ship_section
 from shared.config import DEFAULT_MIN_EFFECT
 
 __all__ = ["write_report"]
@@ -54,6 +56,7 @@ def write_report(cells_csv: Path, runs_csv: Path, out_dir: Path, min_effect: flo
         rankings = rank_all(on_device, runs, min_effect, CONFIDENCE)
         findings += [f"# On {group}" if len(groups) > 1 else ""]
         findings += [
+            ship_section(on_device, runs, cite, Constraints()),
             versus_baseline_section(on_device, cite),
             best_section(rankings, cite, min_effect),
             fidelity_section(on_device, rankings, cite),

@@ -130,12 +130,14 @@ class Citations:
         )  # fmt: skip
         return self._add(citation)
 
-    def comparison(self, cell_id: str, over: str, metric: Metric, ratio: stats.Ratio, claim: str) -> str:
-        """A ratio of two cells' runs (> 1 favours `cell_id`) with the claim the report makes from it."""
+    def comparison(
+        self, cell_id: str, over: str, metric: Metric, ratio: stats.Ratio, claim: str, confidence: float = CONFIDENCE
+    ) -> str:
+        """A ratio of two cells' runs (> 1 favours `cell_id`) at `confidence`, with the claim made from it."""
         estimate, low, high = _finite_or_none(ratio.estimate), _finite_or_none(ratio.low), _finite_or_none(ratio.high)
         text = comparison_text(estimate, low, high, str(self.cells.loc[over, "optimization"]))
         citation = Citation(
             text, "comparison", cell_id, metric.column, estimate, over_cell_id=over, low=low, high=high,
-            claim=claim, higher_is_better=metric.higher_is_better, min_effect=self.min_effect, confidence=CONFIDENCE,
+            claim=claim, higher_is_better=metric.higher_is_better, min_effect=self.min_effect, confidence=confidence,
         )  # fmt: skip
         return self._add(citation)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
+from results.recommend import DEFAULT_MIN_COSINE
 from results.report.citations import CONFIDENCE
 from results.stats import numeric
 
@@ -67,12 +68,55 @@ def _lines(ax: plt.Axes, done: pd.DataFrame, column: str, ylabel: str, band: tup
 def write_plots(done: pd.DataFrame, out_dir: Path) -> list[tuple[str, str]]:
     """Write each plot that has something to show into `out_dir`; returns their file names and titles."""
     done, written = _labelled(done), []
-    for plot in (_throughput_plot, _latency_plot, _memory_plot, _size_plot, _speedup_plot, _fidelity_plot):
+    plots = (_pareto_plot, _throughput_plot, _latency_plot, _memory_plot, _size_plot, _speedup_plot, _fidelity_plot)
+    for plot in plots:
         figure = plot(done)
         if figure is not None:
             fig, name, title = figure
             _save(fig, out_dir, name, title, written)
     return written
+
+
+def pareto_front(throughput: np.ndarray, p99: np.ndarray) -> np.ndarray:
+    """Which points no other point beats on both throughput (higher) and p99 latency (lower)."""
+    front = np.ones(len(throughput), dtype=bool)
+    for i in range(len(throughput)):
+        better = (throughput >= throughput[i]) & (p99 <= p99[i]) & ((throughput > throughput[i]) | (p99 < p99[i]))
+        front[i] = not better.any()
+    return front
+
+
+def _pareto_plot(done: pd.DataFrame) -> Figure:
+    """Throughput against p99 latency, one point per cell with its intervals; the frontier; fidelity misses."""
+    points = done[numeric(done, "throughput_sps").notna() & numeric(done, "latency_ms_p99").notna()]
+    if points.empty:
+        return None
+    x, y = numeric(points, "throughput_sps").to_numpy(), numeric(points, "latency_ms_p99").to_numpy()
+
+    def err(column: str, centre: np.ndarray) -> np.ndarray:
+        low, high = numeric(points, f"{column}_ci_low").to_numpy(), numeric(points, f"{column}_ci_high").to_numpy()
+        return np.nan_to_num(np.clip(np.vstack([centre - low, high - centre]), 0, None))
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.errorbar(x, y, xerr=err("throughput", x), yerr=err("latency_ms_p99", y), fmt="o", capsize=3, color="tab:blue",
+                ecolor="lightsteelblue", label="cell (median; bars: intervals over runs)")  # fmt: skip
+    front = pareto_front(x, y)
+    order = np.argsort(x[front])
+    ax.plot(x[front][order], y[front][order], "--", color="tab:green", label="frontier: nothing beats it on both")
+    cosine = numeric(points, "cosine_similarity").to_numpy()
+    missed = cosine < DEFAULT_MIN_COSINE
+    if missed.any():
+        ax.scatter(x[missed], y[missed], marker="x", s=120, color="tab:red",
+                   label=f"fidelity below the default cosine {DEFAULT_MIN_COSINE:g}")  # fmt: skip
+    for label, xi, yi in zip(points["label"].astype(str) + "@bs" + points["batch_size"].astype(str), x, y, strict=True):
+        ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("throughput (samples/s, log)")
+    ax.set_ylabel("p99 latency (ms per batch, log)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig, "pareto.png", "Throughput against p99 latency (up-left is worse; the frontier is what to choose from)"
 
 
 def _throughput_plot(done: pd.DataFrame) -> Figure:

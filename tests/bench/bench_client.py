@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.connection import connect
-from shared.services import free_port, private_redis
+from shared.processes import free_port
+from shared.services import private_redis
 from tests.test_client_without_torch import SITECUSTOMIZE
 
 REPO = Path(__file__).resolve().parents[2]

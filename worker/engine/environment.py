@@ -7,6 +7,7 @@ import functools
 import os
 import platform
 import re
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -109,7 +110,6 @@ CPUINFO_FLAGS = {
 ATEN_LEVELS = (("AVX512", ("avx512f", "avx512bw", "avx512vl", "avx512dq")), ("AVX2", ("avx2", "fma")))
 ONEDNN_ISA_LINE = re.compile(r"onednn_verbose,(?:v\d+,)?info,cpu,isa:(.*)")
 AVX10 = re.compile(r"AVX ?10")
-ONEDNN_UNKNOWN = "unknown: oneDNN printed no ISA line (its verbose output already ran in this process)"
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,8 @@ def onednn_isa() -> str | None:
 
     oneDNN says it only in the header of its verbose output, once per process: this turns verbose on around
     one tiny convolution and reads that header from fd 1 (C's stdout), redirected to a file for the ~2 ms
-    it takes. If verbose output already ran in this process, the header is gone: the answer says so.
+    it takes. Where verbose output already ran in this process (ONEDNN_VERBOSE set, say), the header is
+    gone, and a fresh interpreter with the same environment is asked instead (~3 s).
     """
     if not torch.backends.mkldnn.is_available():
         return None
@@ -195,9 +196,8 @@ def onednn_isa() -> str | None:
         saved = os.dup(1)
         os.dup2(captured.fileno(), 1)
         try:
-            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON), torch.no_grad():
-                one = torch.ones(1, 1, 1, 1)
-                torch.mkldnn_convolution(one, one, None, [0, 0], [1, 1], [1, 1], 1)
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                _tiny_onednn_convolution()
             _flush_stdout()
         finally:
             os.dup2(saved, 1)
@@ -205,7 +205,27 @@ def onednn_isa() -> str | None:
         captured.seek(0)
         text = captured.read().decode(errors="replace")
     found = ONEDNN_ISA_LINE.search(text)
-    return found.group(1).strip() if found else ONEDNN_UNKNOWN
+    if found is None:
+        text = _onednn_verbose_of_a_fresh_process()
+        found = ONEDNN_ISA_LINE.search(text)
+    if found is None:
+        raise RuntimeError(f"oneDNN did not say its ISA (no `info,cpu,isa:` line in its verbose output): {text[-300:]}")
+    return found.group(1).strip()
+
+
+def _tiny_onednn_convolution() -> None:
+    with torch.no_grad():
+        one = torch.ones(1, 1, 1, 1)
+        torch.mkldnn_convolution(one, one, None, [0, 0], [1, 1], [1, 1], 1)
+
+
+def _onednn_verbose_of_a_fresh_process() -> str:
+    code = "from worker.engine.environment import _tiny_onednn_convolution as c; c()"
+    env = {**os.environ, "ONEDNN_VERBOSE": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return run.stdout + run.stderr
 
 
 def _flush_stdout() -> None:
