@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 
@@ -30,7 +29,7 @@ from producer.sweep import (
     resolve_device,
     runs_named,
 )
-from shared import keys, manifest
+from shared import config, keys, manifest
 from shared.cli import SPEC_DEFAULTS, OneLineParser, add_cell_arguments, one_line_errors
 from shared.config import DEFAULT_MAX_REPEATS
 from shared.errors import OptbenchError
@@ -311,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--broker",
             choices=BROKERS,
-            default=os.environ.get("OPTBENCH_BROKER") or "redis",
+            default=config.default_broker(),
             help="with --start-missing and no OPTBENCH_BROKER_URL: the Redis is the broker (default), "
             "or start a private RabbitMQ under run/rabbitmq",
         )

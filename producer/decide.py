@@ -24,6 +24,7 @@ from rich.table import Table
 from producer.progress import wait
 from producer.sweep import AUTO, add_round, rounds_of
 from results.collect import cells_frame, runs_frame
+from results.formatting import ratio_text
 from results.sequential import looks_for
 from results.stats import BASELINE, COUNTERPART_KEYS, Verdict
 from shared import manifest
@@ -81,15 +82,11 @@ def stop_reason(sweep: Sweep, undecided: list[str], next_cells: int, now: dateti
 def verdict_table(cells: pd.DataFrame, undecided: list[str], title: str) -> Table:
     """Each compared cell's current speedup, interval and verdict, and whether it runs on."""
     table = Table(title=title)
-    for column in ("cell", "rounds", "speedup [interval]", "verdict", "next"):
-        table.add_column(column, justify="right" if column == "rounds" else "left")
+    for column in ("cell", "runs used", "speedup [interval]", "verdict", "next"):
+        table.add_column(column, justify="right" if column == "runs used" else "left")
     compared = cells[cells["verdict"].astype(str) != ""]
     for _, row in compared.iterrows():
-        interval = (
-            f"{row['speedup']:.2f}x [{row['speedup_ci_low']:.2f}x, {row['speedup_ci_high']:.2f}x]"
-            if pd.notna(row["speedup_ci_low"])
-            else (f"{row['speedup']:.2f}x (no interval)" if pd.notna(row["speedup"]) else "-")
-        )
+        interval = ratio_text(row["speedup"], row["speedup_ci_low"], row["speedup_ci_high"])
         running = str(row["cell_id"]) in undecided
         needed = row.get("rounds_to_decide")
         note = "runs on" if running else "decided"

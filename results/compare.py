@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from results.collect import write_csv
+from results.formatting import ratio_text
 from results.stats import (
     Ratio,
     Verdict,
@@ -32,7 +33,7 @@ from results.stats import (
     verdict_of,
 )
 from shared import config
-from shared.cli import OneLineParser
+from shared.cli import OneLineParser, add_results_arguments, one_line_errors
 from shared.errors import OptbenchError
 
 PROG = "python -m results compare"
@@ -220,14 +221,6 @@ def read_runs(sweep: str, results_dir: Path) -> pd.DataFrame:
         raise CompareError(f"cannot read {path}: {exc}") from exc
 
 
-def _interval_text(estimate: float, low: float, high: float) -> str:
-    if math.isnan(estimate):
-        return "-"
-    if math.isnan(low):
-        return f"{estimate:.3f}x"
-    return f"{estimate:.3f}x [{low:.3f}, {high:.3f}]"
-
-
 def _verdict_text(row: dict, metric: str) -> str:
     colours = {"faster": "green", "slower": "red", "equivalent": "cyan", "inconclusive": "yellow"}
     called = str(row[f"{metric}_verdict"])
@@ -261,9 +254,9 @@ def print_table(table: pd.DataFrame, name_a: str, name_b: str, min_effect: float
             "" if pd.isna(row["runs_a"]) else f"{int(row['runs_a'])}/{int(row['runs_b'])}",
             _number(row["throughput_a"]),
             _number(row["throughput_b"]),
-            _interval_text(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"]),
+            ratio_text(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"]),
             _verdict_text(row, "throughput"),
-            _interval_text(row["latency_ratio"], row["latency_ratio_ci_low"], row["latency_ratio_ci_high"]),
+            ratio_text(row["latency_ratio"], row["latency_ratio_ci_low"], row["latency_ratio_ci_high"]),
             _verdict_text(row, "latency"),
         )
     # Piped (a CI log): wide enough never to cut a number; a terminal: its own width.
@@ -284,32 +277,20 @@ def _parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("a", help="sweep id or runs CSV of the reference sweep")
     parser.add_argument("b", help="sweep id or runs CSV of the sweep compared with it")
-    parser.add_argument(
-        "--min-effect",
-        type=float,
-        default=config.DEFAULT_MIN_EFFECT,
-        help=f"half-width of the band of no practical difference (default {config.DEFAULT_MIN_EFFECT})",
-    )
     parser.add_argument("--fail-on-regression", metavar="PCT", help="exit 1 if a cell is slower by more than PCT%%")
-    parser.add_argument("--results-dir", help="folder of the runs CSVs (default $OPTBENCH_RESULTS_DIR or results)")
+    add_results_arguments(parser)
     return parser
 
 
+@one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a bad argument already reported in one line
-        return exc.code if isinstance(exc.code, int) else 2
+    args = _parser().parse_args(argv)
     results_dir = Path(args.results_dir) if args.results_dir else config.results_dir()
-    try:
-        pct = None if args.fail_on_regression is None else _percent(args.fail_on_regression)
-        if not 0 <= args.min_effect < 1:
-            raise CompareError(f"--min-effect wants a fraction in [0, 1), not {args.min_effect}")
-        runs_a, runs_b = read_runs(args.a, results_dir), read_runs(args.b, results_dir)
-        table = compare(runs_a, runs_b, args.min_effect)
-    except CompareError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    pct = None if args.fail_on_regression is None else _percent(args.fail_on_regression)
+    if not 0 <= args.min_effect < 1:
+        raise CompareError(f"--min-effect wants a fraction in [0, 1), not {args.min_effect}")
+    runs_a, runs_b = read_runs(args.a, results_dir), read_runs(args.b, results_dir)
+    table = compare(runs_a, runs_b, args.min_effect)
     name_a, name_b = label(args.a), label(args.b)
     path = results_dir / f"compare-{name_a}-{name_b}.csv"
     write_csv(table, path)

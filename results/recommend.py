@@ -23,9 +23,10 @@ from pathlib import Path
 import pandas as pd
 
 from results import stats
+from results.formatting import ratio_text
 from results.ranking import Metric, oriented_ratio, run_values
 from shared import config
-from shared.cli import OneLineParser, one_line_errors
+from shared.cli import OneLineParser, add_results_arguments, one_line_errors
 from shared.config import DEFAULT_CONFIDENCE, DEFAULT_MIN_EFFECT
 from shared.errors import OptbenchError
 
@@ -242,11 +243,7 @@ def describe_check(check: Check) -> str:
 
 
 def _ratio_text(ratio: stats.Ratio | None) -> str:
-    if ratio is None or not math.isfinite(ratio.estimate):
-        return "no runs to compare"
-    if not (math.isfinite(ratio.low) and math.isfinite(ratio.high)):
-        return f"{ratio.estimate:.2f}x (too few runs for an interval)"
-    return f"{ratio.estimate:.2f}x [{ratio.low:.2f}x, {ratio.high:.2f}x]"
+    return ratio_text(None, None, None) if ratio is None else ratio_text(ratio.estimate, ratio.low, ratio.high)
 
 
 def render(result: Recommendation, cells: pd.DataFrame, title: str) -> list[str]:
@@ -313,9 +310,8 @@ def _parser() -> OneLineParser:
     parser.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE, help="worst run's cosine (0.999)")
     parser.add_argument("--min-top1-agreement", type=float, help="worst run's top-1 agreement with fp32")
     parser.add_argument("--batch-size", type=int, help="only cells of this batch size compete (default: all)")
-    parser.add_argument("--min-effect", type=float, default=DEFAULT_MIN_EFFECT, help="band of no difference")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-    parser.add_argument("--results-dir", help="folder of the CSVs (default $OPTBENCH_RESULTS_DIR or results)")
+    add_results_arguments(parser)
     return parser
 
 
@@ -323,10 +319,7 @@ def _parser() -> OneLineParser:
 def main(argv: list[str] | None = None) -> int:
     from results.report.load import load_cells, load_runs
 
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a bad argument already reported in one line
-        return exc.code if isinstance(exc.code, int) else 2
+    args = _parser().parse_args(argv)
     constraints = Constraints(
         objective=args.objective,
         max_latency_p99_ms=args.max_latency_p99_ms,

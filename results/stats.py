@@ -50,6 +50,7 @@ from scipy import stats as scipy_stats
 
 from results.sequential import Looks, interval_confidence, rounds_to_decide
 from shared.config import DEFAULT_CONFIDENCE, DEFAULT_MIN_EFFECT
+from shared.result import Status
 
 CONTENDED_WAIT_FRACTION = 0.10  # a run waited for a CPU this fraction of its runnable time or more
 CONTENDED_STEAL_FRACTION = 0.10  # ... or its VM lost this share of the host's CPU time to the hypervisor
@@ -93,7 +94,7 @@ STAT_COLUMNS = (
     "rounds_to_decide",
     "verdict",
 )
-FINISHED_NOT_OK = ("failed", "unsupported")
+FINISHED_NOT_OK = (Status.FAILED.value, Status.UNSUPPORTED.value)
 BASELINE = "baseline"
 # A cell's baseline counterpart shares these (device too: a CPU and a GPU run may both lack a device name).
 COUNTERPART_KEYS = ("model", "batch_size", "image_size", "device", "device_name")
@@ -239,23 +240,21 @@ def contended(runs: pd.DataFrame) -> pd.Series:
 
 def usable_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs that statistics use: ok, and not measured under contention."""
-    ok = runs[runs["status"] == "ok"]
+    ok = runs[runs["status"] == Status.OK.value]
     return ok[~contended(ok).to_numpy()]
 
 
 def _cell_status(statuses: pd.Series) -> str:
+    """A cell's status from its runs': ok when all are, else the first unfinished state, else failed."""
     values = set(statuses.fillna(""))
-    if values == {"ok"}:
-        return "ok"
-    if "running" in values:
-        return "running"
-    if "lost" in values:
-        return "lost"
-    if "queued" in values:
-        return "queued"
-    if values == {"unsupported"}:
-        return "unsupported"
-    return "failed"
+    if values == {Status.OK.value}:
+        return Status.OK.value
+    for waiting in (Status.RUNNING, Status.LOST, Status.QUEUED):
+        if waiting.value in values:
+            return waiting.value
+    if values == {Status.UNSUPPORTED.value}:
+        return Status.UNSUPPORTED.value
+    return Status.FAILED.value
 
 
 def _text(value: object) -> str:
@@ -285,7 +284,7 @@ def _repeats(runs: pd.DataFrame) -> pd.Series:
 
 def _cell_row(cell: pd.DataFrame, carried: list[str], confidence: float) -> dict[str, object]:
     statuses = cell["status"]
-    ok, used = cell[statuses == "ok"], usable_runs(cell)
+    ok, used = cell[statuses == Status.OK.value], usable_runs(cell)
     not_ok = cell[statuses.isin(FINISHED_NOT_OK)]
     row: dict[str, object] = {
         "sweep_id": cell["sweep_id"].iloc[0] if "sweep_id" in cell.columns else math.nan,

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from producer.sweep import SweepRequest, create
 from shared.connection import connect
-from shared.services import free_port, local_workers, private_redis, stop_process
+from shared.processes import free_port, stop_process
+from shared.services import local_workers, private_redis
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -1,1 +1,2 @@
-"""What the producer and the worker both import: cell spec, models, optimizations, measurement."""
+"""What the producer, the collector and the worker all import, without torch: the cell spec, the catalogue of
+models and optimizations, the task contract, the result schema, the Redis keys and manifest, settings."""

@@ -22,7 +22,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def one_line_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    """Wrap a CLI's main: an OptbenchError becomes `PROG: error: <message>` on stderr and exit status 2."""
+    """Wrap a CLI's main: an OptbenchError becomes `PROG: error: <message>` on stderr and exit status 2; argparse's
+    exit (--help, or a bad argument it already reported in one line) becomes the returned status."""
 
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
@@ -32,10 +33,25 @@ def one_line_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., i
             except OptbenchError as exc:
                 print(f"{prog}: error: {exc}", file=sys.stderr)
                 return 2
+            except SystemExit as exc:
+                return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
         return wrapped
 
     return wrap
+
+
+def add_results_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that read a sweep's CSVs: the verdicts' band and where the CSVs are."""
+    from shared.config import DEFAULT_MIN_EFFECT
+
+    parser.add_argument(
+        "--min-effect",
+        type=float,
+        default=DEFAULT_MIN_EFFECT,
+        help=f"half-width of the band of no practical difference (default {DEFAULT_MIN_EFFECT})",
+    )
+    parser.add_argument("--results-dir", help="folder of the CSVs (default $OPTBENCH_RESULTS_DIR or results)")
 
 
 def add_cell_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime
-import os
 import socket
+
+from shared import config
 
 
 def utc_now() -> str:
@@ -13,4 +14,4 @@ def utc_now() -> str:
 
 def host_name() -> str:
     """The host a result says it ran on: OPTBENCH_HOST (set by `python -m worker --host`), else the hostname."""
-    return os.environ.get("OPTBENCH_HOST") or socket.gethostname()
+    return config.worker_host() or socket.gethostname()

@@ -9,9 +9,25 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
-STATUSES = ("ok", "failed", "unsupported")
+
+class Status(str, Enum):
+    """A run's status: a result's (ok, failed, unsupported), or, before it has one, where it stands."""
+
+    OK = "ok"
+    FAILED = "failed"
+    UNSUPPORTED = "unsupported"  # the optimization can't run on this device: said, never run elsewhere
+    QUEUED = "queued"
+    RUNNING = "running"
+    LOST = "lost"  # running on a worker that stopped beating; the broker hands it to another
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = (Status.OK.value, Status.FAILED.value, Status.UNSUPPORTED.value)
 
 
 @dataclass
@@ -26,7 +42,7 @@ class CellResult:
     device: str | None = None
     device_name: str | None = None
     weights: str | None = None
-    status: str = "failed"
+    status: str = Status.FAILED.value
     error_type: str | None = None
     error: str | None = None
     # Latency and throughput of the timed phase
@@ -149,7 +165,7 @@ class CellResult:
             fields_ = asked if isinstance(asked, dict) else {}
             known = {name: fields_.get(name) for name in ("model", "optimization", "batch_size", "image_size", "seed")}
             result = cls(**{**known, "requested_device": fields_.get("device")})
-        result.update({"status": "failed", "error_type": error_type, "error": error, **fields})
+        result.update({"status": Status.FAILED.value, "error_type": error_type, "error": error, **fields})
         return result
 
     def update(self, values: dict[str, Any]) -> None:

@@ -18,12 +18,12 @@ from typing import Any
 from shared import liveness
 from shared.contract import Envelope
 from shared.manifest import RunEntry, Sweep
-from shared.result import FIELD_NAMES
+from shared.result import FIELD_NAMES, Status
 
 LEAD_COLUMNS = ("sweep_id", "run_id", "cell_id", "repeat", "status", "attempts", "tries", "worker")
 RUN_COLUMNS = LEAD_COLUMNS + tuple(name for name in FIELD_NAMES if name not in LEAD_COLUMNS)
-FINISHED = ("ok", "failed", "unsupported")
-UNFINISHED = ("queued", "running", "lost")
+FINISHED = (Status.OK, Status.FAILED, Status.UNSUPPORTED)
+UNFINISHED = (Status.QUEUED, Status.RUNNING, Status.LOST)
 
 
 def run_row(
@@ -51,19 +51,19 @@ def run_row(
         row.update(envelope.result)
         row.update(worker=envelope.worker, tries=envelope.tries)
     elif state == "FAILURE":
-        row.update(status="failed", error_type="task_error", error=str(meta.get("result"))[:500])
+        row.update(status=Status.FAILED.value, error_type="task_error", error=str(meta.get("result"))[:500])
         row["worker"] = meta.get("worker")
     elif state in ("STARTED", "PROGRESS"):
         info = meta.get("result") or {}
         worker = meta.get("worker") or info.get("hostname")
-        row.update(status="running", worker=worker, phase=info.get("phase"))
+        row.update(status=Status.RUNNING.value, worker=worker, phase=info.get("phase"))
         row["iterations"] = info.get("iterations")  # advancing within a phase (PROGRESS, about once a second)
         silent = liveness.lost_since(worker, seen or {}, now)
         if silent is not None:
-            row.update(status="lost", error_type="worker_lost")
+            row.update(status=Status.LOST.value, error_type="worker_lost")
             row["error"] = f"worker {worker} lost {silent:.0f} s ago, waiting for redelivery"
     else:  # PENDING (sent, not yet taken), or REQUEUED (its worker put it back in the queue)
-        row["status"] = "queued"
+        row["status"] = Status.QUEUED.value
     return row
 
 

@@ -130,16 +130,18 @@ def test_float8_on_the_cpu_is_unsupported_not_run_elsewhere():
 # ----------------------------------------------------------------------------------- static int8, CPU
 
 
-# Fidelity of resnet18 (synthetic weights, 32 px, seeds 0-2) under int8_static, measured natively on a VNNI/AMX Xeon
-# and under the AVX2 emulation below (docs/notes/2026-12-02-int8-and-cpu-isa.md). What holds on every CPU: the
-# compiled model is close to its reference int8 model (kernel cosine 0.9994-1.0 with VNNI, 0.992-0.995 on AVX2 with
-# reduce_range; 0.969-0.985 on AVX2 without it, the saturation that reduce_range avoids).
+# Fidelity of resnet18 (synthetic weights, 32 px) under int8_static, seeds 0-4, measured natively on a Xeon with VNNI
+# and AMX and under the AVX2 emulation below (docs/notes/2026-12-02-int8-and-cpu-isa.md; seed 0, which the cells
+# here use, first). What holds on every CPU: the compiled model is close to its reference int8 model, the converted
+# graph run eagerly (kernel cosine 0.9994, 0.9993-1.0 with VNNI; 0.992, 0.992-0.995 without VNNI, with reduce_range;
+# without VNNI and without reduce_range it falls to 0.969, 0.969-0.985: the 16-bit saturation reduce_range avoids).
 KERNEL_COSINE_MIN = 0.98
-# The reference int8 model against fp32 depends on reduce_range, not on the CPU: 0.991-0.992 without, 0.981-0.986 with.
-QUANT_COSINE_MIN = {False: 0.985, True: 0.975}
-# Against fp32 in all, by effective ISA: VNNI (no reduce_range) 0.991-0.992; AVX2 without VNNI (reduce_range)
-# 0.982-0.986, where it was 0.963-0.983 without reduce_range (issue 18's AMD EPYC: 0.963).
-TOTAL_COSINE_MIN = {"vnni": 0.985, "AVX2 without vnni": 0.97}
+# The reference int8 model against fp32 depends on reduce_range, not on the CPU: 0.991, 0.990-0.992 without it;
+# 0.982, 0.979-0.986 with it.
+QUANT_COSINE_MIN = {False: 0.98, True: 0.97}
+# Against fp32 in all, by oneDNN's effective ISA: with VNNI (no reduce_range) 0.991, 0.990-0.992; without VNNI
+# (reduce_range) 0.982, 0.982-0.986, where it was 0.963, 0.963-0.983 without reduce_range (issue 18's AVX2 EPYC: 0.963).
+TOTAL_COSINE_MIN = {"vnni": 0.98, "no vnni": 0.97}
 AVX2_EMULATION = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 INT8_STATIC_CELL = [
     "--model", "resnet18", "--batch-size", "2", "--image-size", "32", "--device", "cpu", "--weights", "synthetic",
@@ -152,7 +154,7 @@ def assert_int8_static_fidelity(row: dict, vnni: bool) -> None:
     assert row["reduce_range"] is (not vnni)
     assert row["kernel_cosine_similarity"] > KERNEL_COSINE_MIN, row
     assert row["quant_cosine_similarity"] > QUANT_COSINE_MIN[row["reduce_range"]], row
-    assert row["cosine_similarity"] > TOTAL_COSINE_MIN["vnni" if vnni else "AVX2 without vnni"], row
+    assert row["cosine_similarity"] > TOTAL_COSINE_MIN["vnni" if vnni else "no vnni"], row
 
 
 def test_int8_static_quantizes_every_conv_is_four_times_smaller_and_keeps_fidelity(baseline):

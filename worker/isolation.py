@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from shared.environment import host_name, utc_now
@@ -33,6 +34,20 @@ from shared.result import CellResult
 from shared.spec import CellSpec
 
 log = logging.getLogger(__name__)
+
+
+class Outcome(str, Enum):
+    """What happened to a cell's process (see the module's docstring)."""
+
+    RESULT = "result"
+    CRASHED = "crashed"
+    TIMEOUT = "timeout"
+    STOPPED = "stopped"
+    SUPERSEDED = "superseded"
+
+    def __str__(self) -> str:
+        return self.value
+
 
 STDERR_TAIL_CHARS = 300
 PROGRESS_EVERY_SECONDS = 1.0  # within a phase; a new phase is reported at once
@@ -61,7 +76,7 @@ def run_isolated(
     on_progress: Callable[..., None],
     fault: str | None = None,
     still_owner: Callable[[], bool] = lambda: True,
-) -> tuple[str, CellResult | None]:
+) -> tuple[Outcome, CellResult | None]:
     """(outcome, result): the result is None only for `stopped` and `superseded`.
 
     `still_owner` is asked before each progress report is relayed: False ends the cell (`superseded`)."""
@@ -74,10 +89,10 @@ def run_isolated(
         process.start()
         sender.close()
         outcome, result = _receive(process, receiver, time.monotonic() + time_limit, on_progress, still_owner)
-        if outcome == "timeout":
+        if outcome == Outcome.TIMEOUT:
             error = f"the cell ran past its {time_limit:g} s time limit and was killed"
             return outcome, _failed(spec, started_at, "timeout", error)
-        if outcome == "crashed":
+        if outcome == Outcome.CRASHED:
             return outcome, _failed(spec, started_at, "crashed", _death_reason(process, stderr_path))
         return outcome, CellResult(**result) if result is not None else None
     finally:
@@ -88,28 +103,28 @@ def run_isolated(
         os.unlink(stderr_path)
 
 
-def _receive(process, receiver, deadline: float, on_progress, still_owner) -> tuple[str, dict[str, Any] | None]:
+def _receive(process, receiver, deadline: float, on_progress, still_owner) -> tuple[Outcome, dict[str, Any] | None]:
     """Relay progress until the outcome: ("result", result) or (crashed|timeout|stopped|superseded, None)."""
     while (remaining := deadline - time.monotonic()) > 0:
         if _stopping.is_set():
             process.kill()
-            return "stopped", None
+            return Outcome.STOPPED, None
         if not receiver.poll(min(remaining, 0.5)):
             if not process.is_alive():
-                return "crashed", None
+                return Outcome.CRASHED, None
             continue
         try:
             kind, payload = receiver.recv()
         except EOFError:  # the process closed its end: it is gone
-            return "crashed", None
+            return Outcome.CRASHED, None
         if kind == "result":
-            return "result", payload
+            return Outcome.RESULT, payload
         if not still_owner():
             process.kill()
-            return "superseded", None
+            return Outcome.SUPERSEDED, None
         on_progress(payload.pop("phase"), **payload)
     process.kill()
-    return "timeout", None
+    return Outcome.TIMEOUT, None
 
 
 def _death_reason(process, stderr_path: str) -> str:

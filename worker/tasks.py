@@ -35,7 +35,7 @@ from shared.celery_app import app, settings
 from shared.contract import TASK_NAME, CellTask, Envelope
 from shared.errors import OptbenchError
 from shared.result import CellResult
-from worker.isolation import run_isolated, start_forkserver, stop_all
+from worker.isolation import Outcome, run_isolated, start_forkserver, stop_all
 
 log = logging.getLogger(__name__)
 REQUEUED = "REQUEUED"  # the task state of a run its worker put back in the queue (shown as `queued`)
@@ -108,17 +108,17 @@ def run_cell(self, **kwargs: Any) -> dict:
     outcome, result = run_isolated(
         spec, settings.cell_time_limit, _progress_reporter(self, task), task.fault, still_owner=still_owner
     )
-    if outcome == "superseded" or not _redis(owner):
+    if outcome == Outcome.SUPERSEDED or not _redis(owner):
         # This worker was frozen or cut off long enough for the broker to hand the run to another
         # worker, which owns it now: its result is the run's, this one is dropped (nothing stored).
         log.warning("run %s of sweep %s was delivered again meanwhile: result dropped", task.run_id, task.sweep_id)
         raise Ignore()
-    if outcome == "stopped":
+    if outcome == Outcome.STOPPED:
         _redis(lambda: client.hincrby(*counter, -1))  # not the cell's fault: this delivery doesn't count
         log.info("worker shutting down: run %s of sweep %s goes back to the queue", task.run_id, task.sweep_id)
         self.update_state(state=REQUEUED, meta={"sweep_id": task.sweep_id, "run_id": task.run_id})
         raise Reject("worker shutting down", requeue=True)
-    if outcome == "crashed" and tries < settings.max_tries:
+    if outcome == Outcome.CRASHED and tries < settings.max_tries:
         log.warning("run %s of sweep %s crashed (try %d of %d): %s", task.run_id, task.sweep_id, tries,
                     settings.max_tries, result.error)  # fmt: skip
         raise self.retry(countdown=1, max_retries=settings.max_tries)

@@ -16,12 +16,11 @@ from typing import Any
 import pandas as pd
 
 from results import stats
+from results.formatting import NO_INTERVAL, ratio_text
 from results.ranking import Metric
 
 CONFIDENCE = 0.95  # of every interval the report quotes (the cells CSV's intervals are aggregate's default)
 VERDICT_WORDS = {"faster": "faster", "slower": "slower", "equivalent": "equivalent", "inconclusive": "inconclusive"}
-NO_INTERVAL = "too few runs to tell"
-NO_RUNS = "no usable runs to compare"
 
 
 @dataclass(frozen=True)
@@ -57,13 +56,7 @@ def percent(fraction: float) -> str:
     return f"{fraction * 100:g}%"
 
 
-def interval_text(estimate: float | None, low: float | None, high: float | None) -> str:
-    """`1.31x [1.22x, 1.40x]`, or the estimate alone when there is no interval (nothing without an estimate)."""
-    if estimate is None:
-        return f"({NO_RUNS}, {NO_INTERVAL})"
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return f"{estimate:.2f}x ({NO_INTERVAL})"
-    return f"{estimate:.2f}x [{low:.2f}x, {high:.2f}x]"
+interval_text = ratio_text  # `1.31x [1.22x, 1.40x]`, as everywhere
 
 
 def verdict_text(estimate: float | None, low: float | None, high: float | None, verdict: str) -> str:
