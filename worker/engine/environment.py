@@ -100,7 +100,7 @@ def pin_cpu_cores() -> str:
 
 # The CPU features that change which int8 and bf16 kernels run, in the order the `cpu_isa` columns list them.
 ISA_FEATURES = ("vnni", "avx512_bf16", "amx")
-# /proc/cpuinfo flags of each: VNNI in its AVX-512 or its AVX2 (AVX-VNNI) form, AMX's tiles with int8 or bf16.
+# /proc/cpuinfo flags of each: VNNI in its AVX-512 or its AVX2 (AVX-VNNI) form; AMX by its tiles.
 CPUINFO_FLAGS = {
     "vnni": ("avx512_vnni", "avx_vnni"),
     "avx512_bf16": ("avx512_bf16",),
