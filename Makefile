@@ -24,7 +24,7 @@ SWEEP_ARGS = $(if $(MODEL),--model $(MODEL)) $(if $(OPTIMIZATIONS),--optimizatio
              $(if $(REPEATS),--repeats $(REPEATS)) $(if $(MAX_REPEATS),--max-repeats $(MAX_REPEATS)) \
              $(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET))
 
-.PHONY: setup sweep resume decide worker flower status collect report recommend rerun cell compare test bench lint clean
+.PHONY: setup sweep resume decide worker flower status collect report recommend rerun cell compare test bench lint docs clean
 
 # The venv is rebuilt only when pyproject.toml changes (idempotent). redis-server and rabbitmq-server
 # are system packages: installed with apt-get when missing and we are root.
@@ -108,6 +108,10 @@ bench: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# The docs' generated parts, from the code (no venv needed): docs/optimizations.md's table from shared/catalogue.py
+docs:
+	$(PYTHON) scripts/docs.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info run

@@ -206,7 +206,8 @@ def cmd_list(args: argparse.Namespace, console: Console, state: dict) -> int:
 
     print("optimizations (join with +, e.g. fp16+channels_last):")
     for opt in OPTIMIZATIONS.values():
-        where = "" if set(opt.devices) == {"cpu", "cuda"} else f" [{', '.join(opt.devices)} only]"
+        runs_on = opt.runs_on()
+        where = "" if runs_on == "cpu, cuda" else f" [{runs_on}{' only' if len(opt.devices) == 1 else ''}]"
         print(f"  {opt.name:18} {opt.summary}{where}")
     print("models (torchvision classification models):")
     print("  " + ", ".join(MODELS))

@@ -179,10 +179,15 @@ def isa_difference(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> str | None:
     isa_a, isa_b = ({str(v) for v in runs[ISA_COLUMN].dropna()} for runs in (runs_a, runs_b))
     if not isa_a or not isa_b or isa_a == isa_b:
         return None
+    ranges = [
+        sorted({str(v) for v in runs.get("reduce_range", pd.Series(dtype=object)).dropna()})
+        for runs in (runs_a, runs_b)
+    ]
+    quantized = f"; int8_static's reduce_range: A {ranges[0]}, B {ranges[1]}" if ranges[0] != ranges[1] else ""
     return (
         f"the sweeps ran on different CPU instruction sets (A: {', '.join(sorted(isa_a))}; B: "
         f"{', '.join(sorted(isa_b))}): int8, bf16 and memory-format kernels differ between them, so a ratio "
-        "mixes the change with the hardware"
+        f"mixes the change with the hardware{quantized}"
     )
 
 

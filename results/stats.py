@@ -68,8 +68,10 @@ MEDIAN_COLUMNS = (
 )
 MEDIAN_PREFIXES = ("latency_ms_", "peak_mem_", "noise_")
 SUM_COLUMNS = ("iterations", "measure_seconds")
-WORST_MIN_COLUMNS = ("top1_agreement", "cosine_similarity")
-WORST_MAX_COLUMNS = ("max_abs_error",)
+WORST_MIN_COLUMNS = tuple(
+    f"{part}{name}" for part in ("", "quant_", "kernel_") for name in ("top1_agreement", "cosine_similarity")
+)
+WORST_MAX_COLUMNS = ("max_abs_error", "quant_max_abs_error", "kernel_max_abs_error")
 STAT_COLUMNS = (
     "hosts",
     "throughput_ci_low",

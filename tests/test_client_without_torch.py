@@ -216,3 +216,29 @@ def test_catalogue_optimizations_are_the_engines_transforms():
     from worker.engine.transforms import TRANSFORMS
 
     assert sorted(OPTIMIZATIONS) == sorted(TRANSFORMS)
+
+
+def test_the_engine_registers_code_only_for_catalogue_names_and_reads_the_rest_from_it(monkeypatch):
+    import dataclasses
+
+    import torch
+
+    from shared.catalogue import OPTIMIZATIONS, parse_chain
+    from shared.spec import CellSpec
+    from worker.engine import transforms
+
+    assert set(transforms.CHECKS) <= set(OPTIMIZATIONS)
+    with pytest.raises(KeyError, match="not in the catalogue"):
+        transforms.transform("nonsense")
+    spec_fields = {field.name for field in dataclasses.fields(CellSpec)}
+    knobs = {knob for opt in OPTIMIZATIONS.values() for knob in opt.knobs}
+    assert knobs <= spec_fields | set(transforms.SETTINGS)
+    monkeypatch.setattr(transforms.platform, "machine", lambda: "aarch64")
+    assert transforms.unsupported_here(parse_chain("prune+int8_static"), torch.device("cpu")) == (
+        "int8_static uses the X86InductorQuantizer's oneDNN kernels: x86-64 only, not aarch64"
+    )
+    entry = dataclasses.replace(OPTIMIZATIONS["int8_dynamic"], packages=("no-such-package==1.0",))
+    monkeypatch.setitem(OPTIMIZATIONS, "int8_dynamic", entry)
+    assert transforms.unsupported_here([entry], torch.device("cpu")) == (
+        "int8_dynamic needs no-such-package, which is not installed here: install no-such-package==1.0"
+    )

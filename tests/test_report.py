@@ -461,3 +461,25 @@ def test_no_nan_is_quoted(sweep):
     _, _, out_dir, report = sweep
     assert "nan" not in report.lower().replace("nanos", "")
     assert all(not math.isnan(c["value"]) for c in json.loads((out_dir / "citations.json").read_text()))
+
+
+def test_a_quantized_cell_splits_its_error_into_the_quantization_and_the_kernels(tmp_path):
+    columns = (*RUN_COLUMNS, "quant_cosine_similarity", "kernel_cosine_similarity", "reduce_range", "cpu_isa")
+    rows = []
+    for repeat in range(1, 4):
+        rows.append(measured_row("baseline", 1, repeat, 100.0 + repeat, cpu_isa="AVX2"))
+        rows.append(
+            measured_row(
+                "int8_static", 1, repeat, 150.0 + repeat, cpu_isa="AVX2", reduce_range=True,
+                quant_cosine_similarity=0.99 - repeat / 1000, kernel_cosine_similarity=0.995,
+            )
+        )  # fmt: skip
+    frame = pd.DataFrame(rows, columns=list(columns))
+    runs_csv, cells_csv = tmp_path / "s1_runs.csv", tmp_path / "s1.csv"
+    frame.to_csv(runs_csv, index=False)
+    stats.aggregate(frame).to_csv(cells_csv, index=False)
+    report = check_report(cells_csv, runs_csv, tmp_path / "s1")
+    line = line_of(report, "- `int8_static@bs1`: quantization error")
+    assert "cosine 0.9870; kernel error" in line  # the worst run's
+    assert "cosine 0.9950 (worst runs); activations quantized with `reduce_range=True`" in line
+    assert "- CPU instruction set (effective): `AVX2`" in report

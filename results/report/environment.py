@@ -38,7 +38,9 @@ def environment_section(cells: pd.DataFrame, runs: pd.DataFrame) -> str:
         ("device_name", "device"), ("host", "host"), ("gpu_driver", "GPU driver"), ("cuda_version", "CUDA"),
         ("cudnn_version", "cuDNN"), ("torch_version", "torch"), ("torchvision_version", "torchvision"),
         ("torchao_version", "torchao"), ("onnxruntime_version", "ONNX Runtime"), ("python_version", "Python"),
-        ("cpu_model", "CPU"), ("cpu_threads", "CPU threads"), ("timer", "timer"),
+        ("cpu_model", "CPU"), ("cpu_isa", "CPU instruction set (effective)"),
+        ("cpu_isa_hardware", "CPU instruction set (hardware)"), ("onednn_isa", "oneDNN ISA"),
+        ("cpu_threads", "CPU threads"), ("timer", "timer"),
         ("tf32_cudnn", "TF32 in cuDNN"),
     ):  # fmt: skip
         values = sorted({plain(v) for v in runs[column].dropna()}) if column in runs else []

@@ -15,7 +15,8 @@ OPTIONAL_COLUMNS = (
     "top1_agreement", "max_abs_error", "cosine_similarity", "iterations", "measure_seconds",
     "noise_cpu_wait_fraction", "noise_cpu_steal_fraction", "noise_load_avg", "noise_gpu_other_processes",
     "quantized_layers", "calibration", "execution_provider", "onnx_opset", "verdict_confidence", "comparisons",
-    "rounds_to_decide", "latency_ms_p99", "cpu_isa",
+    "rounds_to_decide", "latency_ms_p99", "cpu_isa", "quant_cosine_similarity", "kernel_cosine_similarity",
+    "reduce_range",
 )  # fmt: skip
 
 

@@ -7,6 +7,8 @@ markdown, quoting every number through `Citations`.
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from results import stats
@@ -181,6 +183,7 @@ def fidelity_section(on_device: pd.DataFrame, rankings: list[Ranking], cite: Cit
     lines += changes or [
         f"Every measured cell matches the fp32 outputs (max logit error at most `{FIDELITY_TOLERANCE:g}`)."
     ]
+    lines += _fidelity_split(on_device, cite)
     lines += _how_quantized(on_device)
     weights = {str(w) for w in on_device["weights"].dropna()}
     if any(w.startswith("random") for w in weights):
@@ -197,16 +200,38 @@ def fidelity_section(on_device: pd.DataFrame, rankings: list[Ranking], cite: Cit
     return "\n".join(lines)
 
 
+def _fidelity_split(on_device: pd.DataFrame, cite: Citations) -> list[str]:
+    """For cells with a reference model (int8_static: the converted graph run eagerly), how much of the change is
+    the quantization's and how much the kernels'."""
+    lines = []
+    for cell, row in on_device.iterrows():
+        if pd.isna(row.get("quant_cosine_similarity")) or pd.isna(row.get("kernel_cosine_similarity")):
+            continue
+        reduced = row.get("reduce_range")
+        activations = (
+            f"; activations quantized with `reduce_range={plain(reduced)}` (7-bit where oneDNN has no VNNI)"
+            if pd.notna(reduced)
+            else ""
+        )
+        lines.append(
+            f"- `{cell}`: quantization error, the reference int8 model against fp32: cosine "
+            f"{cite.quote(str(cell), 'quant_cosine_similarity', 4)}; kernel error, the compiled kernels against "
+            f"that reference: cosine {cite.quote(str(cell), 'kernel_cosine_similarity', 4)} (worst runs)"
+            f"{activations}."
+        )
+    return ["", "Where the quantized cells' error comes from:", *lines] if lines else []
+
+
 def _how_quantized(on_device: pd.DataFrame) -> list[str]:
     """Which layers each quantized cell touched, int8_static's calibration set, ONNX Runtime's provider."""
     lines = []
     for cell, row in on_device.iterrows():
         layers, calibration, provider = row["quantized_layers"], row["calibration"], row["execution_provider"]
-        if isinstance(layers, str) and "Conv2d 0/" in layers:
+        if isinstance(layers, str) and (untouched := re.search(r"Conv2d 0/(\d+)", layers)):
             lines.append(
                 f"- `{cell}` quantized `{layers}` layers: torchao's int8_weight_only, int8_dynamic and float8, "
-                "like dynamic_quant, quantize nn.Linear only (in DenseNet-121, the classifier alone); its "
-                "convolutions ran as in fp32."
+                f"like dynamic_quant, quantize nn.Linear only; none of this model's `{untouched[1]}` convolutions "
+                "was quantized, so they ran as in fp32."
             )
         elif isinstance(layers, str):
             lines.append(f"- `{cell}` quantized `{layers}` layers.")

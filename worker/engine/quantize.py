@@ -15,6 +15,8 @@ from worker.engine.environment import CpuIsa
 
 # Conv2d and Linear are the layers int8 kernels exist for; the report says how many of each were quantized.
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+# The torchao config class of each torchao optimization: their code (`transforms` registers one transform each);
+# the rest of each is its catalogue entry.
 TORCHAO_CONFIGS = {
     "int8_weight_only": "Int8WeightOnlyConfig",
     "int8_dynamic": "Int8DynamicActivationInt8WeightConfig",

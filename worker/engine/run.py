@@ -21,10 +21,11 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
-from shared.catalogue import parse_chain, preferred_device, unsupported_reason
+from shared.catalogue import Optimization, parse_chain, preferred_device, unsupported_reason
 from shared.environment import utc_now
 from shared.result import CellResult
 from shared.spec import CellSpec
@@ -41,7 +42,7 @@ from worker.engine.model_stats import (
 from worker.engine.models import build_model
 from worker.engine.precision import set_tf32, tf32_flags
 from worker.engine.trackers import CpuMemory, CudaMemory, GpuEnergy, Noise, nvml_handle
-from worker.engine.transforms import PRUNE_ROUND_TO, Prepared, apply_chain, unsupported_here
+from worker.engine.transforms import SETTINGS, Prepared, apply_chain, unsupported_here
 
 log = logging.getLogger("optbench.cell")
 
@@ -52,14 +53,7 @@ def run_cell(spec: CellSpec, on_progress: OnProgress | None = None) -> CellResul
     """Measure one cell in this process. Never raises for a failure inside the cell."""
     report = on_progress or (lambda phase, **details: None)
     chain = parse_chain(spec.optimization)
-    names = {opt.name for opt in chain}
-    result = CellResult.for_spec(
-        spec,
-        prune_amount=spec.prune_amount if names & {"prune", "prune_structured"} else None,
-        prune_round_to=PRUNE_ROUND_TO if "prune_structured" in names else None,
-        compile_mode=spec.compile_mode if "compile" in names else None,
-        started_at=utc_now(),
-    )
+    result = CellResult.for_spec(spec, **recorded_knobs(spec, chain), started_at=utc_now())
     try:
         _run(spec, chain, result, report)
     except Exception as exc:  # a failed cell is a result, not a crash
@@ -67,6 +61,11 @@ def run_cell(spec: CellSpec, on_progress: OnProgress | None = None) -> CellResul
         result.update({"status": "failed", "error_type": error_type(exc), "error": one_line(exc)})
     result.finished_at = utc_now()
     return result
+
+
+def recorded_knobs(spec: CellSpec, chain: list[Optimization]) -> dict[str, Any]:
+    """The settings the chain's steps record in its row (their catalogue `knobs`): the spec's, or the engine's."""
+    return {knob: SETTINGS[knob] if knob in SETTINGS else getattr(spec, knob) for opt in chain for knob in opt.knobs}
 
 
 def _run(spec: CellSpec, chain: list, result: CellResult, report: OnProgress) -> None:

@@ -1,8 +1,9 @@
 """How each optimization prepares a model: named transforms that compose left to right with `+`.
 
 Each transform is a small function from a `Prepared` (model + the dtype, memory format and device
-its inputs must have) to a new `Prepared`. Which optimizations exist, how they compose and where
-they run is the catalogue's (`shared/catalogue.py`); `TRANSFORMS` maps each of its names to code.
+its inputs must have) to a new `Prepared`, registered under its catalogue name with `@transform("fp16")`.
+Everything else about an optimization (how it composes, where it runs, what it needs installed) is its
+catalogue entry's (`shared/catalogue.py`), which `unsupported_here` reads.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from shared.catalogue import OPTIMIZATIONS, Optimization, pinned
 from worker.engine import onnx_runtime, quantize
 from worker.engine.environment import effective_cpu_isa
 from worker.engine.models import make_inputs
 from worker.engine.precision import capability_shortfall, set_tf32
 
 if TYPE_CHECKING:
-    from shared.catalogue import Optimization
     from shared.spec import CellSpec
 
 # Structured pruning keeps channel counts that are multiples of this: fp16/bf16 tensor-core kernels
@@ -37,23 +38,8 @@ PRUNE_ROUND_TO = 8
 # from seeds apart from the timed, probe and `synthetic` weights' inputs.
 CALIBRATION_SAMPLES = 32
 CALIBRATION_SEED_OFFSET = 2000
-# Steps that need tensor cores of a minimum CUDA compute capability, and what their refusal says.
-MIN_CAPABILITY = {
-    "tf32": ((8, 0), "tf32 needs compute capability 8.0 (Ampere) or newer"),
-    "float8": ((8, 9), "float8 needs compute capability 8.9 or newer (H100, H200, L4, RTX 40 and newer)"),
-}
-# What each optimization imports beyond torch, and the pinned requirement to install (pyproject's worker extra).
-PACKAGES: dict[str, tuple[tuple[str, str], ...]] = {
-    **{
-        name: (("torchao", "torchao==0.18.0"),)
-        for name in ("int8_weight_only", "int8_dynamic", "float8", "int8_static")
-    },
-    "onnxruntime": (
-        ("onnxruntime", "onnxruntime==1.31.1"),
-        ("onnx", "onnx==1.23.2"),
-        ("onnxscript", "onnxscript==0.7.2"),
-    ),
-}
+# Engine constants that rows record (catalogue `knobs` that are not cell spec fields).
+SETTINGS: dict[str, Any] = {"prune_round_to": PRUNE_ROUND_TO}
 
 
 @dataclass(frozen=True)
@@ -84,6 +70,36 @@ class Prepared:
         )
 
 
+Transform = Callable[[Prepared, "CellSpec"], Prepared]
+# Why a step can't run on a device, beyond what its catalogue entry declares (None if it can).
+Check = Callable[[torch.device], str | None]
+# The code of each optimization in the catalogue, by name (a test keeps the two equal), and the extra checks.
+TRANSFORMS: dict[str, Transform] = {}
+CHECKS: dict[str, Check] = {}
+
+
+def transform(name: str, check: Check | None = None) -> Callable[[Transform], Transform]:
+    """Register the decorated function as the transform of the catalogue's optimization `name`.
+
+    `check(device)`, when given, says why the step can't run on that device for a reason only code can find
+    (which providers an installed runtime has); what the catalogue declares is checked from the catalogue.
+    """
+    if name not in OPTIMIZATIONS:
+        raise KeyError(f"{name!r} is not in the catalogue (shared/catalogue.py): declare it there first")
+
+    def register(function: Transform) -> Transform:
+        if name in TRANSFORMS:
+            raise ValueError(f"{name!r} has two transforms")
+        TRANSFORMS[name] = function
+        if check is not None:
+            CHECKS[name] = check
+        return function
+
+    return register
+
+
+@transform("baseline")
+@transform("aa_control")  # the same model measured as another cell: an A/A test
 def _baseline(prepared: Prepared, spec: CellSpec) -> Prepared:
     return prepared
 
@@ -95,6 +111,11 @@ def _to_dtype(dtype: torch.dtype) -> Callable[[Prepared, CellSpec], Prepared]:
     return apply
 
 
+transform("fp16")(_to_dtype(torch.float16))
+transform("bf16")(_to_dtype(torch.bfloat16))
+
+
+@transform("tf32")
 def _tf32(prepared: Prepared, spec: CellSpec) -> Prepared:
     """Let fp32 convolutions and matmuls use TF32 (tensor cores, Ampere+); the model stays fp32.
 
@@ -105,11 +126,13 @@ def _tf32(prepared: Prepared, spec: CellSpec) -> Prepared:
     return prepared
 
 
+@transform("channels_last")
 def _channels_last(prepared: Prepared, spec: CellSpec) -> Prepared:
     model = prepared.model.to(memory_format=torch.channels_last)
     return replace(prepared, model=model, memory_format=torch.channels_last)
 
 
+@transform("prune")
 def _prune_unstructured(prepared: Prepared, spec: CellSpec) -> Prepared:
     """L1 unstructured pruning per conv/linear weight, made permanent: no weight_orig/weight_mask left."""
     for module in prepared.model.modules():
@@ -119,6 +142,7 @@ def _prune_unstructured(prepared: Prepared, spec: CellSpec) -> Prepared:
     return prepared
 
 
+@transform("prune_structured")
 def _prune_structured(prepared: Prepared, spec: CellSpec) -> Prepared:
     """Remove whole conv channels (L1 magnitude) with torch-pruning, which follows DenseNet's concats.
 
@@ -148,6 +172,7 @@ def _prune_structured(prepared: Prepared, spec: CellSpec) -> Prepared:
     return prepared
 
 
+@transform("dynamic_quant")
 def _dynamic_quant(prepared: Prepared, spec: CellSpec) -> Prepared:
     """int8 weights for nn.Linear, activations quantized on the fly: CPU (fbgemm/x86) kernels only."""
     layers = quantize.layer_counts(prepared.model)
@@ -168,6 +193,11 @@ def _torchao(optimization: str) -> Callable[[Prepared, CellSpec], Prepared]:
     return apply
 
 
+for _name in quantize.TORCHAO_CONFIGS:
+    transform(_name)(_torchao(_name))
+
+
+@transform("int8_static")
 def _int8_static(prepared: Prepared, spec: CellSpec) -> Prepared:
     """PT2E static int8 calibrated on a seeded set, compiled by inductor (`quantize.int8_static`)."""
     batches = math.ceil(CALIBRATION_SAMPLES / spec.batch_size)
@@ -180,6 +210,22 @@ def _int8_static(prepared: Prepared, spec: CellSpec) -> Prepared:
     return _with_fields(prepared, calibration=described, quantized_layers=layers, reduce_range=reduce_range)
 
 
+def _ort_cuda_unsupported_reason(device: torch.device) -> str | None:
+    """On CUDA, ONNX Runtime needs the onnxruntime-gpu package (the same module, with the CUDA provider)."""
+    if device.type != "cuda":
+        return None
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return None
+    version = pinned("onnxruntime").partition("==")[2]
+    return (
+        "onnxruntime on cuda needs onnxruntime-gpu, which is not installed here (the onnxruntime package has "
+        f"the CPU provider only): install onnxruntime-gpu=={version} in place of onnxruntime"
+    )
+
+
+@transform("onnxruntime", check=_ort_cuda_unsupported_reason)
 def _onnxruntime(prepared: Prepared, spec: CellSpec) -> Prepared:
     """Exported with torch.onnx.export (dynamo) at the cell's input shape, run by ONNX Runtime on this device."""
     example = prepared.inputs(spec.batch_size, spec.image_size, seed=spec.seed)
@@ -193,6 +239,7 @@ def _with_fields(prepared: Prepared, **fields: Any) -> Prepared:
     return replace(prepared, fields={**prepared.fields, **fields})
 
 
+@transform("torchscript")
 def _torchscript(prepared: Prepared, spec: CellSpec) -> Prepared:
     with _quiet_deprecations():
         model = torch.jit.freeze(torch.jit.script(prepared.model.eval()))
@@ -209,28 +256,10 @@ def _quiet_deprecations() -> Iterator[None]:
         yield
 
 
+@transform("compile")
 def _compile(prepared: Prepared, spec: CellSpec) -> Prepared:
     mode = None if spec.compile_mode == "default" else spec.compile_mode
     return replace(prepared, model=torch.compile(prepared.model, mode=mode))
-
-
-# The transform of each optimization in the catalogue (`shared/catalogue.py`), by name.
-TRANSFORMS: dict[str, Callable[[Prepared, CellSpec], Prepared]] = {
-    "baseline": _baseline,
-    "aa_control": _baseline,  # the same model measured as another cell: an A/A test
-    "tf32": _tf32,
-    "fp16": _to_dtype(torch.float16),
-    "bf16": _to_dtype(torch.bfloat16),
-    "channels_last": _channels_last,
-    "prune": _prune_unstructured,
-    "prune_structured": _prune_structured,
-    "dynamic_quant": _dynamic_quant,
-    **{name: _torchao(name) for name in quantize.TORCHAO_CONFIGS},
-    "int8_static": _int8_static,
-    "onnxruntime": _onnxruntime,
-    "torchscript": _torchscript,
-    "compile": _compile,
-}
 
 
 def apply_chain(chain: list[Optimization], prepared: Prepared, spec: CellSpec) -> tuple[Prepared, Prepared]:
@@ -244,38 +273,33 @@ def apply_chain(chain: list[Optimization], prepared: Prepared, spec: CellSpec) -
 
 
 def unsupported_here(chain: list[Optimization], device: torch.device) -> str | None:
-    """Why the chain can't run on this device or with these packages, beyond the catalogue's (None if it can)."""
-    names = [opt.name for opt in chain]
-    for name in names:
-        missing = missing_package(name)
-        if missing:
-            return f"{name} needs {missing.partition('==')[0]}, which is not installed here: install {missing}"
-    for name in names:
-        if name in MIN_CAPABILITY and (reason := capability_shortfall(device, *MIN_CAPABILITY[name])):
+    """Why the chain can't run on this device or with these packages, beyond the catalogue's (None if it can).
+
+    In this order, each over the whole chain: a missing package, a GPU below the step's compute capability,
+    a CPU of another architecture, then the steps' own checks (`transform(name, check=...)`).
+    """
+    for opt in chain:
+        if missing := missing_package(opt.name):
+            return f"{opt.name} needs {missing.partition('==')[0]}, which is not installed here: install {missing}"
+    for opt in chain:
+        if opt.min_capability and (
+            reason := capability_shortfall(device, opt.min_capability, opt.capability_shortfall_text())
+        ):
             return reason
-    if "int8_static" in names and platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"int8_static uses the X86InductorQuantizer's oneDNN kernels: x86-64 only, not {platform.machine()}"
-    if "onnxruntime" in names and device.type == "cuda":
-        return _ort_cuda_unsupported_reason()
+    for opt in chain:
+        if reason := opt.architecture_refusal(platform.machine()):
+            return reason
+    for opt in chain:
+        if opt.name in CHECKS and (reason := CHECKS[opt.name](device)):
+            return reason
     return None
 
 
 def missing_package(optimization: str) -> str | None:
     """The pinned requirement of the first package `optimization` needs that can't be imported here."""
-    for module, requirement in PACKAGES.get(optimization, ()):
+    for requirement in OPTIMIZATIONS[optimization].packages:
         try:
-            importlib.import_module(module)
+            importlib.import_module(requirement.partition("==")[0].replace("-", "_"))
         except ImportError:
             return requirement
     return None
-
-
-def _ort_cuda_unsupported_reason() -> str | None:
-    import onnxruntime
-
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        return None
-    return (
-        "onnxruntime on cuda needs onnxruntime-gpu, which is not installed here (the onnxruntime package has "
-        "the CPU provider only): install onnxruntime-gpu==1.31.1 in place of onnxruntime"
-    )
