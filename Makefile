@@ -98,12 +98,12 @@ test: setup
 	$(PY) -m pytest -m serial
 
 bench: setup
-	$(PY) tests/bench/bench_cell_timer.py
-	$(PY) tests/bench/bench_orchestration.py
-	$(PY) -m tests.bench.bench_soak
-	$(PY) -m tests.bench.bench_soak --broker rabbitmq
-	$(PY) -m tests.bench.bench_client
-	$(PY) -m tests.bench.bench_fleet
+	$(PY) bench/bench_cell_timer.py
+	$(PY) bench/bench_orchestration.py
+	$(PY) -m bench.bench_soak
+	$(PY) -m bench.bench_soak --broker rabbitmq
+	$(PY) -m bench.bench_client
+	$(PY) -m bench.bench_fleet
 
 lint: setup
 	$(PY) -m ruff check .

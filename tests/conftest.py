@@ -16,12 +16,24 @@ import torch
 
 from shared.spec import CellSpec
 
-# Small images, two samples, a handful of timed calls: enough to exercise every code path.
-TINY = dict(image_size=32, batch_size=2, warmup_iters=1, warmup_seconds=0.0, min_iters=3, min_seconds=0.0)
+# The tests' tiny cell: small images, a handful of timed calls, enough to exercise every code path. A sweep's
+# cells use it with a small model (TINY_CELL_OPTIONS, TINY_SWEEP_ARGS); a single cell (`tiny_spec`) keeps the
+# default model unless told, at batch size 2.
+TINY = dict(image_size=32, warmup_iters=1, warmup_seconds=0.0, min_iters=3, min_seconds=0.0)
+TINY_CELL_OPTIONS = {"model": "mobilenet_v3_small", **TINY}
+CLI_OPTION = {"warmup_iters": "--warmup"}  # the spec fields whose command-line option isn't --<field-name>
+TINY_SWEEP_ARGS = [
+    arg
+    for name, value in TINY_CELL_OPTIONS.items()
+    for arg in (
+        CLI_OPTION.get(name, "--" + name.replace("_", "-")),
+        f"{value:g}" if isinstance(value, float) else str(value),
+    )
+] + ["--device", "cpu", "--repeats", "1"]
 
 
 def tiny_spec(**overrides) -> CellSpec:
-    return CellSpec(**{**TINY, **overrides})
+    return CellSpec(**{**TINY, "batch_size": 2, **overrides})
 
 
 def pytest_configure(config):
@@ -52,19 +64,6 @@ def pytest_collection_modifyitems(config, items):
 # --- real services: a private redis-server on a free loopback port, real `python -m worker` -------
 
 REPO = Path(__file__).resolve().parent.parent
-# A sweep's cells in tests: a small model, small images, a few timed calls.
-TINY_SWEEP_ARGS = [
-    "--model", "mobilenet_v3_small", "--image-size", "32", "--device", "cpu",
-    "--warmup", "1", "--warmup-seconds", "0", "--min-iters", "3", "--min-seconds", "0", "--repeats", "1",
-]  # fmt: skip
-TINY_CELL_OPTIONS = {
-    "model": "mobilenet_v3_small",
-    "image_size": 32,
-    "warmup_iters": 1,
-    "warmup_seconds": 0.0,
-    "min_iters": 3,
-    "min_seconds": 0.0,
-}
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,6 @@ from results.report.environment import environment_section, not_measured_section
 from results.report.load import load_cells, load_runs, measured
 from results.report.noise import noise_section
 from results.report.plots import write_plots
-from results.report.sections import _how_quantized as _how_quantized  # tests/test_optimizations.py reads it here
 from results.report.sections import best_section, fidelity_section, header_section, versus_baseline_section
 from results.report.ship import ship_section
 from shared.config import DEFAULT_MIN_EFFECT

@@ -184,7 +184,7 @@ def fidelity_section(on_device: pd.DataFrame, rankings: list[Ranking], cite: Cit
         f"Every measured cell matches the fp32 outputs (max logit error at most `{FIDELITY_TOLERANCE:g}`)."
     ]
     lines += _fidelity_split(on_device, cite)
-    lines += _how_quantized(on_device)
+    lines += how_quantized(on_device)
     weights = {str(w) for w in on_device["weights"].dropna()}
     if any(w.startswith("random") for w in weights):
         lines.append(
@@ -222,7 +222,7 @@ def _fidelity_split(on_device: pd.DataFrame, cite: Citations) -> list[str]:
     return ["", "Where the quantized cells' error comes from:", *lines] if lines else []
 
 
-def _how_quantized(on_device: pd.DataFrame) -> list[str]:
+def how_quantized(on_device: pd.DataFrame) -> list[str]:
     """Which layers each quantized cell touched, int8_static's calibration set, ONNX Runtime's provider."""
     lines = []
     for cell, row in on_device.iterrows():

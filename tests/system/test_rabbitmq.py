@@ -17,8 +17,8 @@ from shared import keys, liveness, manifest
 from shared.celery_app import queue_lengths
 from shared.state import run_row
 from tests.conftest import TINY_SWEEP_ARGS, run_cli, service_env, wait_for_sweep
-from tests.test_flower import poll_json, running_flower
-from tests.test_reliability import Hosts, group_gone, one_cell_sweep, running_on
+from tests.system.test_flower import poll_json, running_flower
+from tests.system.test_reliability import Hosts, group_gone, one_cell_sweep, running_on
 
 pytestmark = pytest.mark.timeout(300)
 REDELIVERY_GOAL = 60  # seconds from losing a worker to its cell running on another one

@@ -8,7 +8,7 @@
 2. A 5,000-cell sweep with no worker online: the enqueue rate of `create` (manifest + messages), and
    the wall time of `python -m producer status` and `python -m results collect` on it.
 
-    python -m tests.bench.bench_fleet [--workers 16] [--cells 400] [--duration 5] [--brokers redis,rabbitmq]
+    python -m bench.bench_fleet [--workers 16] [--cells 400] [--duration 5] [--brokers redis,rabbitmq]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The code before the split (commit 215f276) is checked out into a temporary git w
 this venv; both trees talk to one private Redis with no workers, so nothing consumes what is enqueued
 (the queued messages are deleted after each measurement). Not a test.
 
-    python -m tests.bench.bench_client [--times 5] [--enqueue-times 3]
+    python -m bench.bench_client [--times 5] [--enqueue-times 3]
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 from shared.connection import connect
 from shared.processes import free_port
 from shared.services import private_redis
-from tests.test_client_without_torch import SITECUSTOMIZE
+from tests.system.test_client_without_torch import SITECUSTOMIZE
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BEFORE_SPLIT = "215f276"
 OPTIMIZATIONS = (
     "baseline",

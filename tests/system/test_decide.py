@@ -17,7 +17,7 @@ the plan has two looks: after round 3 and after round 4.
   intervals, and the run ids, rounds and verdicts in the two CSVs agree.
 
 That an A/A pair is called faster or slower no more often than the stated rate is shown by the simulations
-of `tests/test_sequential.py`, which run the same decision code on thousands of sweeps.
+of `tests/unit/test_sequential.py`, which run the same decision code on thousands of sweeps.
 """
 
 from __future__ import annotations

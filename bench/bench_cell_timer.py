@@ -5,7 +5,7 @@ batch 1 through `worker.cell.run_cell` and through `torch.utils.benchmark.Timer.
 (with the same thread count; Timer defaults to one thread). Prints both medians and their ratio;
 the target is a ratio within 5% of 1. Not a test: timings depend on the machine.
 
-    python tests/bench/bench_cell_timer.py [--model densenet121] [--image-size 224] [--seconds 10]
+    python bench/bench_cell_timer.py [--model densenet121] [--image-size 224] [--seconds 10]
 """
 
 from __future__ import annotations

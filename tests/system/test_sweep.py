@@ -18,7 +18,7 @@ from shared import keys, manifest
 from shared.errors import OptbenchError
 from shared.state import RUN_COLUMNS
 from tests.conftest import TINY_CELL_OPTIONS, TINY_SWEEP_ARGS, run_cli, service_env, wait_for_sweep
-from tests.test_report import check_report
+from tests.unit.test_report import check_report
 
 pytestmark = pytest.mark.timeout(400)
 

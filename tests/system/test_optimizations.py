@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from results.report import _how_quantized
+from results.report.sections import how_quantized
 from shared.catalogue import parse_chain, preferred_device, unsupported_reason
 from shared.errors import OptbenchError
 from tests.conftest import REPO, tiny_spec
@@ -288,7 +288,7 @@ def test_the_report_says_which_layers_were_quantized_and_how():
         },
         index=["int8_dynamic@bs4", "int8_static@bs4", "onnxruntime@bs4"],
     )
-    text = "\n".join(_how_quantized(cells))
+    text = "\n".join(how_quantized(cells))
     assert "`int8_dynamic@bs4` quantized `Conv2d 0/120, Linear 1/1` layers" in text
     assert "nn.Linear only; none of this model's `120` convolutions was quantized" in text
     assert "`int8_static@bs4` was calibrated on `normal(seed=2000, samples=32, 224 px)`" in text

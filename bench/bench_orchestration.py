@@ -8,7 +8,7 @@ time (each waits for the previous, so no queueing time is counted) and reports p
   i.e. the queue, the fork from the forkserver, the pipe and the result write alone.
 Not a test: figures depend on the machine. Target: overhead at most 0.5 s per cell.
 
-    python tests/bench/bench_orchestration.py [--cells 10]
+    python bench/bench_orchestration.py [--cells 10]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ process group) and restarted every few seconds. Reports cells completed, failed,
 redelivered cells, wall time, and how long each killed run took to run again (on the other group, or
 on the restarted one). Target: 0 lost, 0 duplicate rows. Not a test.
 
-    python -m tests.bench.bench_soak [--cells 200] [--kill-every 6] [--broker redis|rabbitmq]
+    python -m bench.bench_soak [--cells 200] [--kill-every 6] [--broker redis|rabbitmq]
 
 On Redis the workers use the reliability tests' test-sized redelivery settings (visibility timeout
 30 s: production's 70 min would take hours); on RabbitMQ they use production settings (no timeout
@@ -32,7 +32,7 @@ from shared.connection import connect
 from shared.services import private_rabbitmq, private_redis
 from shared.state import FINISHED, sweep_rows
 from tests.conftest import TINY_CELL_OPTIONS, start_workers, stop_workers
-from tests.test_reliability import FAST  # quick redelivery, as the reliability tests use
+from tests.system.test_reliability import FAST  # quick redelivery, as the reliability tests use
 
 
 def running_again(meta: dict, victim: str) -> bool:
