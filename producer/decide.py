@@ -108,8 +108,9 @@ def drive(
 ) -> list[dict[str, Any]]:
     """Wait for the sweep's runs; for an `auto` sweep, add rounds for its undecided cells until it stops.
     Returns the final run rows."""
+    announced: dict[str, int] = {}  # runs whose completion line is printed: each once, across rounds
     while True:
-        rows = wait(backend, client, sweep_id, console, online_queues, stall_seconds)
+        rows = wait(backend, client, sweep_id, console, online_queues, stall_seconds, announced)
         sweep = manifest.load(client, sweep_id)
         if sweep.spec.get("repeats") != AUTO or sweep.spec.get("stopped"):
             return rows

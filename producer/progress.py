@@ -88,13 +88,15 @@ def wait(
     console: Console,
     online_queues: Callable[[], set[str] | None],
     stall_seconds: float,
+    announced: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Show progress until every run of the sweep has finished; the final rows.
 
-    Raises Stalled when nothing changed (no run started, advanced a phase or finished) for
-    `stall_seconds`, saying which queues no online worker consumes.
+    `announced` (run id -> attempt) holds the runs whose completion line is already printed, so that waiting
+    again after a new round prints only the new ones. Raises Stalled when nothing changed (no run started,
+    advanced a phase or finished) for `stall_seconds`, saying which queues no online worker consumes.
     """
-    announced: dict[str, int] = {}
+    announced = {} if announced is None else announced
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

@@ -34,6 +34,7 @@ DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "amqps": 5671}
 # Set by `python -m worker` for each worker it starts: the host in the worker's name and results, and its GPU.
 HOST_ENV = "OPTBENCH_HOST"
 GPU_ENV = "OPTBENCH_GPU"
+CORES_ENV = "OPTBENCH_CPU_CORES"  # set by `python -m worker` for each worker's cells, e.g. `0-7`
 NO_GPU = "none (CPU worker)"
 
 
@@ -104,6 +105,11 @@ def results_dir() -> Path:
 def worker_host() -> str | None:
     """The host a worker's results name (OPTBENCH_HOST, set by `python -m worker --host`), or None."""
     return os.environ.get(HOST_ENV) or None
+
+
+def cell_cores() -> str | None:
+    """The CPU cores a cell pins itself to (OPTBENCH_CPU_CORES, set by `python -m worker`), or None: not pinned."""
+    return os.environ.get(CORES_ENV) or None
 
 
 def worker_gpu() -> str:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+MIB = 2**20  # bytes in the MiB of every `_mb` field
+
 
 class Status(str, Enum):
     """A run's status: a result's (ok, failed, unsupported), or, before it has one, where it stands."""

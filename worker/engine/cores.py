@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from shared import config
+
 log = logging.getLogger(__name__)
 
-CORES_ENV = "OPTBENCH_CPU_CORES"
+CORES_ENV = config.CORES_ENV
 MAX_CORES_PER_GPU = 8  # a GPU cell needs one launching thread plus a few for compilation and inputs
 
 

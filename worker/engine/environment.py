@@ -16,8 +16,9 @@ from importlib import metadata
 import torch
 import torchvision
 
+from shared import config
 from shared.environment import host_name
-from worker.engine.cores import CORES_ENV, format_cores, parse_cores
+from worker.engine.cores import format_cores, parse_cores
 from worker.engine.precision import tf32_flags
 from worker.engine.trackers import NvmlDevice
 
@@ -87,7 +88,7 @@ def pin_cpu_cores() -> str:
     at the cores this process may run on. Returns the cores, e.g. `0-7`, for the result's `cpu_cores`.
     Called at the start of a cell, before torch starts its worker threads (they inherit the affinity).
     """
-    wanted = os.environ.get(CORES_ENV)
+    wanted = config.cell_cores()
     if wanted:
         cores = parse_cores(wanted)
         os.sched_setaffinity(0, cores)

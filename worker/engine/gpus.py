@@ -53,7 +53,7 @@ def list_gpus() -> list[Gpu]:
     gpus = []
     for index in range(pynvml.nvmlDeviceGetCount()):
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        uuid, name = _text(pynvml.nvmlDeviceGetUUID(handle)), _text(pynvml.nvmlDeviceGetName(handle))
+        uuid, name = nvml_text(pynvml.nvmlDeviceGetUUID(handle)), nvml_text(pynvml.nvmlDeviceGetName(handle))
         instances = mig_instances(handle)
         if instances is None:
             gpus.append(Gpu(index, uuid, name))
@@ -82,9 +82,10 @@ def mig_instances(handle) -> list[tuple[int, str, str]] | None:
             if getattr(exc, "value", None) == pynvml.NVML_ERROR_NOT_FOUND:  # an empty slot
                 continue
             raise
-        instances.append((slot, _text(pynvml.nvmlDeviceGetUUID(mig)), _text(pynvml.nvmlDeviceGetName(mig))))
+        instances.append((slot, nvml_text(pynvml.nvmlDeviceGetUUID(mig)), nvml_text(pynvml.nvmlDeviceGetName(mig))))
     return instances
 
 
-def _text(value: str | bytes) -> str:
+def nvml_text(value: str | bytes) -> str:
+    """An NVML string as text: older nvidia-ml-py versions return bytes."""
     return value.decode() if isinstance(value, bytes) else value

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-MIB = 2**20
+from shared.result import MIB
+
 FIDELITY_MIN_SAMPLES = 8
 
 

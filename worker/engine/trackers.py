@@ -28,8 +28,10 @@ from typing import Any
 
 import torch
 
+from shared.result import MIB
+from worker.engine.gpus import nvml_text
+
 log = logging.getLogger(__name__)
-MIB = 2**20
 MIN_ENERGY_SECONDS = 1.0  # NVML's energy counter advances in steps: shorter phases read too coarse
 NVML_NOT_AVAILABLE = 2**64 - 1  # NVML_VALUE_NOT_AVAILABLE for an unsigned long long
 
@@ -84,7 +86,7 @@ def find_nvml_device(torch_uuid: object, index: int) -> NvmlDevice:
         raise LookupError(f"NVML knows none of the UUIDs {', '.join(candidates)}")
     log.warning("torch reports no GPU UUID; assuming NVML index %s", index)
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-    return NvmlDevice(handle, handle, _text(pynvml.nvmlDeviceGetUUID(handle)))
+    return NvmlDevice(handle, handle, nvml_text(pynvml.nvmlDeviceGetUUID(handle)))
 
 
 def nvml_processes(handle: Any) -> list[Any]:
@@ -316,7 +318,3 @@ def _nvml_or_none(read):
     except pynvml.NVMLError as exc:
         log.info("NVML reading unavailable: %s", exc)
         return None
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from worker.engine.cores import format_cores
-from worker.engine.gpus import Gpu, list_gpus
+from worker.engine.gpus import Gpu, list_gpus, nvml_text
 
 EXTRAS = ("pynvml", "torch_pruning", "celery", "torchao", "onnxruntime")
 
@@ -53,7 +53,7 @@ def nvml_view(gpu: Gpu) -> dict[str, Any]:
     handle = pynvml.nvmlDeviceGetHandleByUUID(gpu.uuid)
     parent = pynvml.nvmlDeviceGetHandleByUUID(gpu.parent_uuid) if gpu.parent_uuid else handle
     return {
-        "driver": _text(pynvml.nvmlSystemGetDriverVersion()),
+        "driver": nvml_text(pynvml.nvmlSystemGetDriverVersion()),
         "gpu": asdict(gpu),
         "gpu_memory_total_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
         "mig_mode": _or_error(lambda: pynvml.nvmlDeviceGetMigMode(parent)),
@@ -144,7 +144,3 @@ def _or_error(read: Callable[[], Any]) -> Any:
         return read()
     except Exception as exc:  # recorded, not fatal: the JSON says what could not be read
         return f"error: {type(exc).__name__}: {exc}"
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
