@@ -181,7 +181,7 @@ def recommend(
         raise OptbenchError(f"the sweep has no cell at batch size {constraints.batch_size}")
     result = Recommendation(constraints, objective, confidence)
     weights = {str(w) for w in pool.get("weights", pd.Series(dtype=object)).dropna()}
-    random_weights = "random" in weights
+    random_weights = any(w.startswith("random") for w in weights)  # rows say `random(seed=0)`
     if random_weights:
         result.notes.append(
             "fidelity constraints not judged: the sweep ran with random weights, whose outputs agree by accident; "

@@ -87,8 +87,9 @@ def test_memory_and_model_size_constraints():
     assert [(c.name, c.state) for c in prune.checks] == [("peak memory", BROKEN)]
 
 
-def test_with_random_weights_fidelity_is_not_judged_and_says_so():
-    result, _ = answer(CELLS, Constraints(min_top1_agreement=0.99), weights="random")
+@pytest.mark.parametrize("weights", ["random", "random(seed=0)"])  # the keyword, and what a row records
+def test_with_random_weights_fidelity_is_not_judged_and_says_so(weights):
+    result, _ = answer(CELLS, Constraints(min_top1_agreement=0.99), weights=weights)
     assert result.recommended == "int8_static@bs1"
     assert result.notes and "not judged" in result.notes[0] and "random weights" in result.notes[0]
     assert all(c.state == NOT_JUDGED for loss in result.losses for c in loss.checks if "cos" in c.name)
