@@ -288,7 +288,7 @@ OPTIMIZATIONS: dict[str, Optimization] = {
         Optimization("compile", "torch.compile (mode from --compile-mode)", opaque=True, knobs=("compile_mode",)),
         # The baseline again, as a cell of its own: its verdict against the baseline is an A/A test of the host.
         Optimization(
-            "aa_control", "the baseline measured again as its own cell (A/A control: expect no difference)", alone=True
+            "aa_control", "the baseline measured again as its own cell (A/A control: expect equivalent)", alone=True
         ),
     ]
 }
