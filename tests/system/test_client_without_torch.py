@@ -171,12 +171,18 @@ def test_collect_report_and_compare(sweep_id, client_env, blocked_log, results_d
     done = client("results", "compare", sweep_id, sweep_id, env=client_env)
     none_usable = done.returncode == 2 and done.stderr.count("\n") == 1 and "share no cell with ok runs" in done.stderr
     assert done.returncode == 0 or none_usable, done.stderr[-3000:]
-    # compare's whole path, whatever the contention: the same runs without their noise signals
+    # compare's whole path, whatever the contention: the runs without their noise signals, against themselves
     runs = pd.read_csv(results_dir / f"{sweep_id}_runs.csv")
     quiet = results_dir / "quiet_runs.csv"
     runs.drop(columns=[c for c in runs.columns if c.startswith("noise_")]).to_csv(quiet, index=False)
-    done = ok(client("results", "compare", sweep_id, str(quiet), env=client_env), blocked_log)
-    assert "geometric mean" in done.stdout and ("equivalent" in done.stdout or "inconclusive" in done.stdout)
+    ok(client("results", "compare", str(quiet), str(quiet), env=client_env), blocked_log)
+    table = pd.read_csv(results_dir / "compare-quiet-quiet.csv")
+    assert table["cell_id"].tolist() == ["baseline@bs1", "prune@bs1", "geometric mean"], table
+    # the same runs on both sides: every ratio is exactly 1 with an interval around it, never faster or slower;
+    # the geometric mean of ratios that are all 1 has a zero-width interval: equivalent
+    assert set(table["throughput_verdict"].iloc[:-1]) <= {"equivalent", "inconclusive"}, table
+    assert table["throughput_ratio"].tolist() == pytest.approx([1.0, 1.0, 1.0])
+    assert table["throughput_verdict"].iloc[-1] == "equivalent", table
     done = ok(client("results", "recommend", sweep_id, env=client_env), blocked_log)
     assert "What to ship" in done.stdout
     assert_no_blocked_imports(blocked_log)
