@@ -26,11 +26,10 @@ from producer.sweep import AUTO, add_round, rounds_of
 from results.collect import cells_frame, runs_frame
 from results.formatting import ratio_text
 from results.sequential import looks_for
-from results.stats import BASELINE, COUNTERPART_KEYS, Verdict
+from results.stats import AA_CONTROL, BASELINE, COUNTERPART_KEYS, Verdict
 from shared import manifest
 from shared.manifest import Sweep
 
-AA_CONTROL = "aa_control"
 STOPPED_DECIDED = "every cell decided"
 STOPPED_MAX = "max_repeats reached"
 STOPPED_BUDGET = "time budget reached"

@@ -117,10 +117,9 @@ class Recommendation:
         return asdict(self)
 
 
-def _memory_columns(cells: pd.DataFrame) -> tuple[str, str]:
+def _memory_column(cells: pd.DataFrame) -> str:
     """Peak memory: the GPU allocator's where recorded, else the process's peak RSS."""
-    gpu = stats.numeric(cells, "peak_mem_allocated_mb")
-    return ("peak_mem_allocated_mb", "GPU allocator peak") if gpu.notna().any() else ("process_mem_mb", "process peak")
+    return "peak_mem_allocated_mb" if stats.numeric(cells, "peak_mem_allocated_mb").notna().any() else "process_mem_mb"
 
 
 def _measured_check(name: str, row: pd.Series, column: str, limit: float) -> Check:
@@ -187,7 +186,7 @@ def recommend(
             "fidelity constraints not judged: the sweep ran with random weights, whose outputs agree by accident; "
             "measure with --weights synthetic or pretrained to judge them"
         )
-    memory, _ = _memory_columns(pool)
+    memory = _memory_column(pool)
     eligible = []
     for cell_id, row in pool.iterrows():
         measured = pd.notna(pd.to_numeric(row.get(objective.column), errors="coerce"))

@@ -98,6 +98,7 @@ STAT_COLUMNS = (
 )
 FINISHED_NOT_OK = (Status.FAILED.value, Status.UNSUPPORTED.value)
 BASELINE = "baseline"
+AA_CONTROL = "aa_control"  # the baseline again as its own cell: what noise alone calls on this host
 # A cell's baseline counterpart shares these (device too: a CPU and a GPU run may both lack a device name).
 COUNTERPART_KEYS = ("model", "batch_size", "image_size", "device", "device_name")
 
@@ -346,7 +347,7 @@ def _add_speedups(
     for row, ok in compared:
         base = _on_device(oks[baselines[_key(row)]], row)
         mine = _on_device(ok, row)
-        paired = sum(1 for label in set(mine.index) if label in set(base.index))
+        paired = len(set(mine.index) & set(base.index))
         level = interval_confidence(1 - confidence, len(compared), looks, max(paired, 2))
         ratio = ratio_interval(mine, base, level)
         called = verdict(ratio, min_effect)

@@ -8,9 +8,7 @@ import pandas as pd
 
 from results import stats
 from results.report.citations import VERDICT_WORDS, Citations, percent
-from results.stats import numeric
-
-AA_CONTROL = "aa_control"  # the baseline again as its own cell: what noise alone calls on this host
+from results.stats import AA_CONTROL, numeric
 
 
 def noise_section(done: pd.DataFrame, runs: pd.DataFrame, cite: Citations) -> str:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from results.recommend import MAY_HOLD, NOT_JUDGED, Check, Constraints, Loss, Recommendation, recommend
+from results.recommend import MAY_HOLD, NOT_JUDGED, UNITS, Check, Constraints, Loss, Recommendation, recommend
 from results.report.citations import Citations
 from results.stats import Verdict
-
-LIMIT_SIGNS = {"p99 latency": "<=", "peak memory": "<=", "model size": "<="}
 
 
 def ship_section(on_device: pd.DataFrame, runs: pd.DataFrame, cite: Citations, constraints: Constraints) -> str:
@@ -75,7 +73,7 @@ def _loss_line(loss: Loss, answer: Recommendation, cite: Citations) -> str:
 
 
 def _check_text(cell_id: str, check: Check, cite: Citations) -> str:
-    sign = LIMIT_SIGNS.get(check.name, ">=")
+    sign = "<=" if check.name in UNITS else ">="  # upper limits carry a unit, fidelity floors none
     needs = f"needs `{sign} {check.limit:g}`"
     if check.state == NOT_JUDGED:
         return f"{check.name} not judged"
