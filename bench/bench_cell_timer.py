@@ -23,7 +23,7 @@ from worker.engine.run import run_cell
 
 
 def torch_benchmark_median_ms(model_name: str, image_size: int, seconds: float) -> float:
-    model, _ = build_model(model_name, "auto", seed=0)
+    model = build_model(CellSpec(model=model_name, image_size=image_size)).model
     inputs = make_inputs(1, image_size, device=torch.device("cpu"))
 
     @torch.inference_mode()

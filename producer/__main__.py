@@ -6,12 +6,14 @@ Bad input is one line on stderr and exit status 2, with nothing enqueued. Needs 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
 
 from rich.console import Console
 
+from producer.model_check import check_models
 from producer.progress import Stalled, describe_unserved, status_table, unserved_queues
 from producer.sweep import (
     AUTO,
@@ -30,14 +32,18 @@ from producer.sweep import (
     runs_named,
 )
 from shared import config, keys, manifest
-from shared.cli import SPEC_DEFAULTS, OneLineParser, add_cell_arguments, one_line_errors
+from shared.cli import OneLineParser, add_cell_arguments, one_line_errors
 from shared.config import DEFAULT_MAX_REPEATS
 from shared.errors import OptbenchError
+from shared.models import parse_models
 from shared.services import BROKERS, Session, session
+from shared.spec import CellSpec
 from shared.state import sweep_rows
 
 PROG = "python -m producer"
-CELL_OPTIONS = [name for name in SPEC_DEFAULTS if name not in ("optimization", "batch_size", "device")]
+CELL_OPTIONS = [
+    f.name for f in dataclasses.fields(CellSpec) if f.name not in ("model", "optimization", "batch_size", "device")
+]
 
 
 class Interrupted(BaseException):
@@ -87,7 +93,8 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
         device=args.device,
         gpu_model=args.gpu_model,
         name=args.name,
-        cell_options={name: getattr(args, name) for name in CELL_OPTIONS if getattr(args, name) is not None},
+        models=tuple(model.text for model in parse_models(args.model)),
+        cell_options={name: getattr(args, name) for name in CELL_OPTIONS if getattr(args, name) not in (None, {})},
         repeats=parse_repeats(args.repeats),
         max_repeats=args.max_repeats,
         time_budget=args.time_budget,
@@ -104,7 +111,14 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
             model_queues = {q for q in queues or () if q.startswith(keys.GPU_MODEL_QUEUE_PREFIX)}
             gpu_queue = gpu_queue_for(request.gpu_model, model_queues)
         gpu_queue = gpu_queue or keys.GPU_QUEUE
-        sweep = create(s.app, s.client, request, device, s.settings.result_expires, gpu_queue=gpu_queue)
+        models = check_models(s.app, plan(request, device), gpu_queue, s.settings.model_check_timeout)
+        for model, built in models.items():
+            console.print(
+                f"model {model}: built on {built['worker']} ({built['model_params']:,} parameters, input "
+                f"{built['input_shape']}, {built['model_source']})",
+                highlight=False,
+            )
+        sweep = create(s.app, s.client, request, device, s.settings.result_expires, gpu_queue=gpu_queue, models=models)
         state["sweep_id"] = sweep.id
         where = f"{device} (queue {gpu_queue})" if device == "cuda" else device
         cells = len(sweep.cell_ids())
@@ -211,6 +225,7 @@ def cmd_list(args: argparse.Namespace, console: Console, state: dict) -> int:
         print(f"  {opt.name:18} {opt.summary}{where}")
     print("models (torchvision classification models):")
     print("  " + ", ".join(MODELS))
+    print("and timm:NAME (any of timm.list_models()), package.module:factory, path/to/file.py:factory")
     return 0
 
 

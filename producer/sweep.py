@@ -1,8 +1,8 @@
 """Sweeps: plan every run (validating all cells first), record the manifest, enqueue one task per run.
 
-Each cell (optimization x batch size) is measured in rounds, each run its own task in its own
-fresh process: `repeats` rounds, or with `repeats="auto"` 3 rounds and then one more round at a
-time for the cells whose verdict is still open (`producer/decide.py`), up to `max_repeats`. Runs
+Each cell (model x optimization x batch size; one model unless `--model a,b`) is measured in rounds, each
+run its own task in its own fresh process: `repeats` rounds, or with `repeats="auto"` 3 rounds and then one
+more round at a time for the cells whose verdict is still open (`producer/decide.py`), up to `max_repeats`. Runs
 are enqueued round by round (every cell's run 1, then every cell's run 2, ...) in an order shuffled
 per round from the sweep's recorded seed, so that drift and a noisy neighbour land on every
 optimization alike. A cell whose optimization runs only on the CPU
@@ -27,6 +27,7 @@ from shared.contract import TASK_NAME, run_id
 from shared.environment import utc_now
 from shared.errors import OptbenchError
 from shared.manifest import RunEntry, Sweep
+from shared.models import parse_models
 from shared.spec import CellSpec
 
 AUTO = "auto"
@@ -40,6 +41,7 @@ DEFAULT_BATCH_SIZES = {"cuda": (1, 2, 4, 8, 16), "cpu": (1, 2, 4)}  # the CPU se
 class SweepRequest:
     """What a user asks for; `cell_options` are the other CellSpec fields (image size, budgets...)."""
 
+    models: tuple[str, ...] | None = None  # model specs; None: cell_options' model, else CellSpec's default
     optimizations: tuple[str, ...] = DEFAULT_OPTIMIZATIONS
     batch_sizes: tuple[int, ...] | None = None  # None: the device's default set
     device: str = "auto"
@@ -82,19 +84,29 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
         raise OptbenchError(f"batch sizes must be integers such as 1,8,16 (got {text!r})") from None
 
 
-CELL_OR_RUN_ID = re.compile(r"^(?P<optimization>[a-z0-9_ +]+)@bs(?P<batch>[1-9][0-9]*)(?:#(?P<repeat>[1-9][0-9]*))?$")
+CELL_OR_RUN_ID = re.compile(
+    r"^(?:(?P<model>[^/@#,\s]+)/)?(?P<optimization>[a-z0-9_ +]+)@bs(?P<batch>[1-9][0-9]*)(?:#(?P<repeat>[1-9][0-9]*))?$"
+)
+
+
+def cell_id(cell: CellSpec, several_models: bool) -> str:
+    """A cell's id in its sweep: `fp16@bs16`, or `resnet50/fp16@bs16` in a sweep of several models."""
+    return f"{cell.model_spec.label}/{cell.cell_id}" if several_models else cell.cell_id
 
 
 def parse_cell_ids(text: str) -> tuple[str, ...]:
-    """Cell ids (`fp16@bs16`: all its runs) or run ids (`fp16@bs16#2`), normalized (`fp16 + bf16` -> `fp16+bf16`)."""
+    """Cell ids (`fp16@bs16`, `resnet50/fp16@bs16`: all its runs) or run ids (`fp16@bs16#2`), normalized
+    (`fp16 + bf16` -> `fp16+bf16`)."""
     ids = []
     for item in parse_list(text, "cells"):
         match = CELL_OR_RUN_ID.match(item)
         if not match or not match["optimization"].strip():
             raise OptbenchError(
-                f"malformed cell id {item!r}: cells look like fp16@bs16 (OPTIMIZATION@bsN), runs like fp16@bs16#2"
+                f"malformed cell id {item!r}: cells look like fp16@bs16 (OPTIMIZATION@bsN) or resnet50/fp16@bs16 "
+                "(MODEL/...) in a sweep of several models, runs like fp16@bs16#2"
             )
-        cell = f"{normalize(match['optimization'])}@bs{match['batch']}"
+        model = f"{match['model']}/" if match["model"] else ""
+        cell = f"{model}{normalize(match['optimization'])}@bs{match['batch']}"
         ids.append(run_id(cell, int(match["repeat"])) if match["repeat"] else cell)
     return tuple(ids)
 
@@ -128,8 +140,22 @@ def gpu_queue_for(requested: str | None, online_model_queues: set[str]) -> str:
     return next(iter(online_model_queues), keys.GPU_QUEUE)
 
 
-def plan(request: SweepRequest, device: str) -> list[CellSpec]:
-    """Every cell of the sweep, each validated; raises OptbenchError before anything is sent."""
+def sweep_models(request: SweepRequest) -> tuple[str, ...]:
+    """The sweep's model specs, canonical (`torchvision:resnet50` -> `resnet50`), each once, their labels apart."""
+    if request.models is not None and "model" in request.cell_options:
+        raise OptbenchError("say the model once: in models or in cell_options, not both")
+    texts = request.models if request.models is not None else (request.cell_options.get("model", CellSpec.model),)
+    models = parse_models(",".join(texts))
+    if len(models) > 1 and (request.cell_options.get("model_kwargs") or request.cell_options.get("input_shape")):
+        raise OptbenchError(
+            "--model-kwargs and --input-shape apply to one model: sweep several models with their defaults, "
+            "or each model in its own sweep"
+        )
+    return tuple(model.text for model in models)
+
+
+def plan(request: SweepRequest, device: str) -> dict[str, CellSpec]:
+    """Every cell of the sweep by cell id, each validated; raises OptbenchError before anything is sent."""
     if not request.optimizations:
         raise OptbenchError("the sweep has no optimizations")
     if request.repeats != AUTO:
@@ -151,13 +177,17 @@ def plan(request: SweepRequest, device: str) -> list[CellSpec]:
         repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
         if repeated:
             raise OptbenchError(f"duplicate {what} {', '.join(repeated)}: each cell must appear once")
-    cells = []
-    for optimization in optimizations:
-        cell_device = preferred_device(parse_chain(optimization), cuda_available=device == "cuda")
-        for batch_size in batch_sizes:
-            cells.append(
-                CellSpec(optimization=optimization, batch_size=batch_size, device=cell_device, **request.cell_options)
-            )
+    models = sweep_models(request)
+    options = {name: value for name, value in request.cell_options.items() if name != "model"}
+    cells = {}
+    for model in models:
+        for optimization in optimizations:
+            cell_device = preferred_device(parse_chain(optimization), cuda_available=device == "cuda")
+            for batch_size in batch_sizes:
+                cell = CellSpec(
+                    model=model, optimization=optimization, batch_size=batch_size, device=cell_device, **options
+                )
+                cells[cell_id(cell, len(models) > 1)] = cell
     return cells
 
 
@@ -173,10 +203,13 @@ def enqueue_order(cell_ids: list[str], repeats: int, seed: int) -> list[str]:
     return [rid for repeat in range(1, repeats + 1) for rid in round_order(cell_ids, repeat, seed)]
 
 
-def run_entry(cell: CellSpec, repeat: int, gpu_queue: str) -> RunEntry:
-    rid = run_id(cell.cell_id, repeat)
-    queue = gpu_queue if cell.device == "cuda" else keys.CPU_QUEUE
-    return RunEntry(rid, cell.cell_id, repeat, cell.to_dict(), queue, manifest.new_task_id())
+def queue_of(cell: CellSpec, gpu_queue: str) -> str:
+    return gpu_queue if cell.device == "cuda" else keys.CPU_QUEUE
+
+
+def run_entry(cell_id: str, cell: CellSpec, repeat: int, gpu_queue: str) -> RunEntry:
+    rid = run_id(cell_id, repeat)
+    return RunEntry(rid, cell_id, repeat, cell.to_dict(), queue_of(cell, gpu_queue), manifest.new_task_id())
 
 
 def create(
@@ -187,17 +220,19 @@ def create(
     ttl: int,
     faults: dict[str, str] | None = None,
     gpu_queue: str = keys.GPU_QUEUE,
+    models: dict[str, dict] | None = None,
 ) -> Sweep:
-    """Plan, save the manifest, then enqueue. `faults` (tests only) maps run ids to a fault to inject."""
+    """Plan, save the manifest, then enqueue. `faults` (tests only) maps run ids to a fault to inject; `models`,
+    what the workers' model checks said of each model (`producer.model_check`), is kept in the sweep's spec."""
     cells = plan(request, device)
     seed = request.order_seed if request.order_seed is not None else secrets.randbelow(2**31)
-    cell_ids = [cell.cell_id for cell in cells]
+    cell_ids = list(cells)
     rounds = request.first_rounds
     order = enqueue_order(cell_ids, rounds, seed)
     runs = {
         entry.run_id: entry
-        for cell in cells
-        for entry in (run_entry(cell, repeat, gpu_queue) for repeat in range(1, rounds + 1))
+        for cid, cell in cells.items()
+        for entry in (run_entry(cid, cell, repeat, gpu_queue) for repeat in range(1, rounds + 1))
     }
     unknown = sorted(set(faults or {}) - set(runs))
     if unknown:
@@ -207,9 +242,11 @@ def create(
         created_at=utc_now(),
         name=request.name,
         spec={
-            "model": cells[0].model,
-            "optimizations": list(dict.fromkeys(cell.optimization for cell in cells)),
-            "batch_sizes": sorted({cell.batch_size for cell in cells}),
+            "model": next(iter(cells.values())).model,
+            "models": list(dict.fromkeys(cell.model for cell in cells.values())),
+            "model_checks": models or {},
+            "optimizations": list(dict.fromkeys(cell.optimization for cell in cells.values())),
+            "batch_sizes": sorted({cell.batch_size for cell in cells.values()}),
             "device": device,
             "gpu_queue": gpu_queue if device == "cuda" else None,
             "cell_options": request.cell_options,

@@ -4,7 +4,9 @@
 - `results/<sweep>.csv`: one row per cell, aggregated over its ok runs with intervals and a verdict
   against the baseline (`results.stats.aggregate`); also `results/benchmark_results.csv` when the
   sweep is the newest.
-Unfinished runs are rows too (`queued`, `running`), so a CSV of a sweep in progress says so.
+Unfinished runs are rows too (`queued`, `running`), so a CSV of a sweep in progress says so. A model whose
+runs were measured with different model code (`model_sha256`: workers with different versions of a factory
+or of timm) is refused: its cells would compare different models.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 from results.sequential import Looks, looks_for
 from results.stats import aggregate
 from shared.config import DEFAULT_MIN_EFFECT
+from shared.errors import OptbenchError
 from shared.manifest import Sweep
 from shared.state import RUN_COLUMNS, sweep_rows
 
@@ -43,8 +46,24 @@ def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def cells_frame(runs: pd.DataFrame, min_effect: float = DEFAULT_MIN_EFFECT, looks: Looks | None = None) -> pd.DataFrame:
     """One row per cell; grouped by device name when several GPU models took part (`--gpu-model any`)."""
+    check_same_model_code(runs)
     cells = aggregate(runs, min_effect=min_effect, looks=looks)
     return cells.sort_values("device_name", kind="stable", na_position="last").reset_index(drop=True)
+
+
+def check_same_model_code(runs: pd.DataFrame) -> None:
+    """Raise OptbenchError when the ok runs of one model carry different model code hashes, naming the workers."""
+    if "model_sha256" not in runs.columns:
+        return
+    ok = runs[(runs["status"] == "ok") & runs["model_sha256"].notna()]
+    for model, group in ok.groupby("model", sort=False):
+        by_hash = group.groupby("model_sha256", sort=False)["worker"].agg(lambda w: ", ".join(sorted(set(map(str, w)))))
+        if len(by_hash) > 1:
+            seen = "; ".join(f"sha256 {sha[:12]} on {workers}" for sha, workers in by_hash.items())
+            raise OptbenchError(
+                f"model {model} was measured with different model code ({seen}): install the same code on every "
+                "worker and re-run its cells; its runs are not aggregated"
+            )
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:

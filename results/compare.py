@@ -191,6 +191,27 @@ def isa_difference(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> str | None:
     )
 
 
+def model_code_difference(runs_a: pd.DataFrame, runs_b: pd.DataFrame) -> str | None:
+    """A warning when a model both sweeps measured ran different model code (`model_sha256`) in each."""
+    if "model_sha256" not in runs_a.columns or "model_sha256" not in runs_b.columns:
+        return None
+    hashes_a, hashes_b = (
+        runs.dropna(subset=["model_sha256"]).groupby("model")["model_sha256"].unique() for runs in (runs_a, runs_b)
+    )
+    differ = [
+        f"{model} (A: {', '.join(h[:12] for h in sorted(hashes_a[model]))}; B: "
+        f"{', '.join(h[:12] for h in sorted(hashes_b[model]))})"
+        for model in hashes_a.index.intersection(hashes_b.index)
+        if set(hashes_a[model]) != set(hashes_b[model])
+    ]
+    if not differ:
+        return None
+    return (
+        f"the sweeps measured different model code (sha256 of its source) for {'; '.join(differ)}: a ratio mixes "
+        "the change with the model's own"
+    )
+
+
 def regressions(table: pd.DataFrame, pct: float) -> list[str]:
     """Cells whose throughput is significantly lower by more than `pct` percent (the interval's top under 1 - pct)."""
     cells = table[table["cell_id"] != GEOMETRIC_MEAN]
@@ -299,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     name_a, name_b = label(args.a), label(args.b)
     path = results_dir / f"compare-{name_a}-{name_b}.csv"
     write_csv(table, path)
-    warning = isa_difference(runs_a, runs_b)
-    if warning:
-        print(f"warning: {warning}")
+    for warning in (isa_difference(runs_a, runs_b), model_code_difference(runs_a, runs_b)):
+        if warning:
+            print(f"warning: {warning}")
     print_table(table, name_a, name_b, args.min_effect, config.DEFAULT_CONFIDENCE)
     print(f"wrote {path}")
     if pct is None:

@@ -10,7 +10,6 @@ a chain, the settings and fields its rows record. The worker registers only its 
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 from shared.errors import OptbenchError
@@ -98,16 +97,6 @@ MODELS: tuple[str, ...] = (
     "wide_resnet101_2",
     "wide_resnet50_2",
 )
-
-
-def check_model_name(name: str) -> None:
-    if name not in MODELS:
-        close = difflib.get_close_matches(str(name), MODELS, n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise OptbenchError(
-            f"unknown model {name!r}: {hint}use a torchvision classification model such as densenet121, "
-            "resnet50 or mobilenet_v3_large (`python -m producer list` lists them)"
-        )
 
 
 # The CPU architectures an optimization may be limited to, as `platform.machine()` names them (lower case).

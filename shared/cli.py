@@ -9,9 +9,10 @@ import sys
 from collections.abc import Callable
 
 from shared.errors import OptbenchError
+from shared.models import parse_input_shape, parse_model_kwargs
 from shared.spec import COMPILE_MODES, DEVICES, CellSpec
 
-SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CellSpec)}
+SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CellSpec) if f.default is not dataclasses.MISSING}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -57,7 +58,18 @@ def add_results_arguments(parser: argparse.ArgumentParser) -> None:
 def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by a single cell and a sweep; their dest names are CellSpec fields."""
     add = parser.add_argument
-    add("--model", default=SPEC_DEFAULTS["model"], help="torchvision classification model (default %(default)s)")
+    add(
+        "--model",
+        default=SPEC_DEFAULTS["model"],
+        help="torchvision name (default %(default)s), timm:NAME, package.module:factory or path/file.py:factory",
+    )
+    add(
+        "--model-kwargs",
+        type=parse_model_kwargs,
+        default={},
+        help='keyword arguments of the model\'s builder, as a JSON object: \'{"num_classes": 10}\'',
+    )
+    add("--input-shape", type=parse_input_shape, help="one sample's shape C,H,W (default 3,IMAGE_SIZE,IMAGE_SIZE)")
     add("--device", choices=DEVICES, default="auto", help="auto: CUDA if present and the optimization runs there")
     add("--image-size", type=int, default=SPEC_DEFAULTS["image_size"], help="input height and width in pixels")
     add(

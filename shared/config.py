@@ -27,6 +27,8 @@ DEFAULT_UNACKED_RESTORE_INTERVAL = 10.0  # OPTBENCH_UNACKED_RESTORE_INTERVAL
 DEFAULT_UNACKED_RESTORE_THROTTLE = 10  # OPTBENCH_UNACKED_RESTORE_THROTTLE (every Nth interval)
 DEFAULT_UNACKED_MUTEX_EXPIRE = 300  # OPTBENCH_UNACKED_MUTEX_EXPIRE
 DEFAULT_BROKER_HEARTBEAT = 10.0  # OPTBENCH_BROKER_HEARTBEAT
+# OPTBENCH_MODEL_CHECK_TIMEOUT: seconds a sweep waits for a worker to build its model before enqueuing anything
+DEFAULT_MODEL_CHECK_TIMEOUT = 120.0
 STALL_MARGIN = 60.0  # the default stall timeout: the longest a run can sit unchanged, plus this
 DEFAULT_BROKER = "redis"  # OPTBENCH_BROKER: what `--start-missing` starts as the broker without OPTBENCH_BROKER_URL
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
@@ -53,6 +55,7 @@ class Settings:
     unacked_mutex_expire: int  # seconds a scan's lock outlives a worker killed while holding it
     stall_timeout: float  # seconds `--wait` waits with no run starting, advancing or finishing before it gives up
     broker_heartbeat: float  # RabbitMQ: AMQP heartbeat; a silent worker's connection is closed after ~2 of them
+    model_check_timeout: float  # seconds a sweep waits for a worker to build a model (producer/model_check.py)
 
 
 def load() -> Settings:
@@ -78,6 +81,7 @@ def load() -> Settings:
         unacked_mutex_expire=mutex_expire,
         stall_timeout=float(os.environ.get("OPTBENCH_STALL_TIMEOUT", bound + STALL_MARGIN)),
         broker_heartbeat=float(os.environ.get("OPTBENCH_BROKER_HEARTBEAT", DEFAULT_BROKER_HEARTBEAT)),
+        model_check_timeout=float(os.environ.get("OPTBENCH_MODEL_CHECK_TIMEOUT", DEFAULT_MODEL_CHECK_TIMEOUT)),
     )
 
 

@@ -1,6 +1,8 @@
 """The task contract: what the producer sends, what a worker accepts, what it returns. Defined once here.
 
-- `TASK_NAME`: the one Celery task, `optbench.run_cell`.
+- `TASK_NAME`: the task that measures, `optbench.run_cell`.
+- `CHECK_MODEL_TASK`: `optbench.check_model`, sent before a sweep enqueues anything: a worker builds the
+  model of a cell spec once (in a fresh process) and returns `ModelCheck`.
 - `CellTask`: its keyword arguments (one *run* of a cell: the cell's spec, which repetition, which
   attempt), validated by the worker before anything runs.
 - `Envelope`: what the task returns and the result backend stores; the collector reads it back.
@@ -16,6 +18,7 @@ from shared.errors import OptbenchError
 from shared.spec import CellSpec
 
 TASK_NAME = "optbench.run_cell"
+CHECK_MODEL_TASK = "optbench.check_model"
 # Injected by tests and benchmarks only (OPTBENCH_ALLOW_FAULTS=1); `sleep:<seconds>` is a cell that
 # sleeps that long instead of measuring (a fixed-duration cell for benchmarks of the queue).
 FAULTS = ("exit", "segfault", "hang")
@@ -103,5 +106,23 @@ class Envelope:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Envelope:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
+
+
+@dataclass
+class ModelCheck:
+    """What `optbench.check_model` returns: whether the model built on `worker`, and what it is, or why not."""
+
+    worker: str | None
+    ok: bool
+    error: str | None = None  # one line
+    model: dict[str, Any] | None = None  # the row's model fields (input_shape, model_source, model_sha256, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCheck:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in known})

@@ -7,6 +7,7 @@ MiB (2**20 bytes), energy in joules, times in seconds, timestamps in UTC ISO 860
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -40,10 +41,20 @@ class CellResult:
     batch_size: int
     image_size: int
     requested_device: str
+    model_kwargs: str | None = None  # the builder's keyword arguments as JSON, null when none
     # Where it ran and whether it worked
     device: str | None = None
     device_name: str | None = None
     weights: str | None = None
+    # The model as built, before any optimization (worker/engine/models.py): one sample's shape (`3x224x224`),
+    # where its code came from and the SHA-256 of its source file (the collector refuses a cell measured with
+    # different code), its parameters and GFLOPs per sample, and which output fidelity compares
+    input_shape: str | None = None
+    model_source: str | None = None
+    model_sha256: str | None = None
+    model_params: int | None = None
+    model_gflops: float | None = None
+    model_output: str | None = None  # `tensor`, or the first tensor of a tuple or dict: `dict['logits'] of 2`
     status: str = Status.FAILED.value
     error_type: str | None = None
     error: str | None = None
@@ -154,6 +165,7 @@ class CellResult:
             "batch_size": spec.batch_size,
             "image_size": spec.image_size,
             "requested_device": spec.device,
+            "model_kwargs": json.dumps(spec.model_kwargs, sort_keys=True) if spec.model_kwargs else None,
             "seed": spec.seed,
         }
         return cls(**asked, **fields)

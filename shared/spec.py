@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from shared.catalogue import check_model_name, normalize
+from shared.catalogue import normalize
 from shared.errors import OptbenchError
+from shared.models import FILE, MODULE, ModelSpec, check_input_shape, check_model_kwargs, parse_model
 
 DEVICES = ("auto", "cuda", "cpu")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -27,7 +28,9 @@ MAX_IMAGE_SIZE = 2048
 class CellSpec:
     """Everything that defines one cell. Measurement knobs left as None take the device's defaults."""
 
-    model: str = "densenet121"
+    model: str = "densenet121"  # a model spec (shared/models.py): torchvision name, timm:NAME, or a factory
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model's builder
+    input_shape: tuple[int, ...] | None = None  # one sample's shape; None: (3, image_size, image_size)
     optimization: str = "baseline"
     batch_size: int = 1
     image_size: int = 224
@@ -65,8 +68,21 @@ class CellSpec:
         if self.target_spread is not None:
             _check_number("target_spread", self.target_spread, 0.0, 1.0, open_interval=True)
 
-        check_model_name(self.model)
+        model = parse_model(self.model)
+        object.__setattr__(self, "model", model.text)  # "torchvision:resnet50" -> "resnet50"
+        object.__setattr__(self, "model_kwargs", check_model_kwargs(self.model_kwargs))
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", check_input_shape(self.input_shape))
+        if self.weights == "pretrained" and model.kind in (MODULE, FILE):
+            raise OptbenchError(
+                f"weights pretrained are torchvision's or timm's: a factory ({model.text}) builds its own; "
+                "use random, synthetic or a state-dict file"
+            )
         object.__setattr__(self, "optimization", normalize(self.optimization))  # "fp16 + bf16" -> "fp16+bf16"
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return parse_model(self.model)
 
     @property
     def cell_id(self) -> str:

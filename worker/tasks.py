@@ -1,4 +1,5 @@
-"""The one task: `optbench.run_cell` measures one run of a cell in its own process and returns its result.
+"""The tasks: `optbench.run_cell` measures one run of a cell in its own process and returns its result;
+`optbench.check_model` builds a sweep's model once, before the sweep enqueues anything (`check_model`).
 
 What happens to a run, in order:
 - its arguments are validated (`CellTask.from_kwargs`): a bad one is a failed result (`invalid_spec`), nothing runs;
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -32,8 +35,8 @@ from redis.retry import Retry
 
 from shared import keys, liveness, manifest
 from shared.celery_app import app, settings
-from shared.contract import TASK_NAME, CellTask, Envelope
-from shared.errors import OptbenchError
+from shared.contract import CHECK_MODEL_TASK, TASK_NAME, CellTask, Envelope, ModelCheck
+from shared.errors import OptbenchError, one_line
 from shared.result import CellResult
 from worker.isolation import Outcome, run_isolated, start_forkserver, stop_all
 
@@ -124,6 +127,24 @@ def run_cell(self, **kwargs: Any) -> dict:
         raise self.retry(countdown=1, max_retries=settings.max_tries)
     log.info("run %s of sweep %s: %s", task.run_id, task.sweep_id, result.status)
     return _envelope(self, kwargs, result, tries=tries)
+
+
+@app.task(bind=True, name=CHECK_MODEL_TASK)
+def check_model(self, spec: dict, timeout: float) -> dict:
+    """Build the model of a cell spec in a fresh process (`python -m worker.cell --check-model`), run it once on
+    one sample, and return a `ModelCheck`: what the model is, or why it doesn't build here, in one line."""
+    worker = self.request.hostname
+    command = [sys.executable, "-m", "worker.cell", "--check-model", "--spec", json.dumps(spec)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return ModelCheck(worker, False, f"building the model took more than {timeout:g} s").to_dict()
+    if done.returncode == 0:
+        return ModelCheck(worker, True, model=json.loads(done.stdout.strip().splitlines()[-1])).to_dict()
+    said = [line for line in done.stderr.splitlines() if line.startswith("python -m worker.cell: error: ")]
+    error = said[-1].split(": error: ", 1)[1] if said else f"exit status {done.returncode}: {done.stderr[-300:]}"
+    log.info("model check of %s on %s failed: %s", spec.get("model"), worker, error)
+    return ModelCheck(worker, False, one_line(Exception(error))).to_dict()
 
 
 def _envelope(task, kwargs: dict[str, Any], result: CellResult, **extra: Any) -> dict:

@@ -35,7 +35,7 @@ from results.report.load import load_cells, load_runs, measured
 from results.report.noise import noise_section
 from results.report.plots import write_plots
 from results.report.sections import best_section, fidelity_section, header_section, versus_baseline_section
-from results.report.ship import ship_section
+from results.report.ship import models_section, ship_section
 from shared.config import DEFAULT_MIN_EFFECT
 
 __all__ = ["write_report"]
@@ -49,11 +49,12 @@ def write_report(cells_csv: Path, runs_csv: Path, out_dir: Path, min_effect: flo
     cite = Citations(cells, runs, min_effect)
     plots = write_plots(done, out_dir) if len(done) else []
     groups = sorted(done["group"].unique())
-    findings = []
-    for group in groups:  # a hardware comparison (`--gpu-model any`) gets one group per device
+    several_models = cells["model"].nunique() > 1
+    findings = [models_section(done, runs, cite, Constraints()) if several_models else ""]
+    for group in groups:  # one group per model and per device (`--gpu-model any`)
         on_device = done[done["group"] == group]
         rankings = rank_all(on_device, runs, min_effect, CONFIDENCE)
-        findings += [f"# On {group}" if len(groups) > 1 else ""]
+        findings += [(f"# {group}" if several_models else f"# On {group}") if len(groups) > 1 else ""]
         findings += [
             ship_section(on_device, runs, cite, Constraints()),
             versus_baseline_section(on_device, cite),

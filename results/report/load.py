@@ -16,7 +16,7 @@ OPTIONAL_COLUMNS = (
     "noise_cpu_wait_fraction", "noise_cpu_steal_fraction", "noise_load_avg", "noise_gpu_other_processes",
     "quantized_layers", "calibration", "execution_provider", "onnx_opset", "verdict_confidence", "comparisons",
     "rounds_to_decide", "latency_ms_p99", "cpu_isa", "quant_cosine_similarity", "kernel_cosine_similarity",
-    "reduce_range",
+    "reduce_range", "input_shape", "model_source", "model_sha256", "model_params", "model_gflops", "model_output",
 )  # fmt: skip
 
 
@@ -31,8 +31,9 @@ def with_columns(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
 
 
 def load_cells(cells_csv: Path, min_effect: float = DEFAULT_MIN_EFFECT) -> pd.DataFrame:
-    """The cells CSV indexed by cell id, with `group`: the device the cell ran on, by name where known.
-    An older CSV's `no_difference` verdicts become `equivalent` or `inconclusive` from their intervals."""
+    """The cells CSV indexed by cell id, with `group`: the device the cell ran on, by name where known, and in a
+    sweep of several models the model too (`resnet50 on cpu`): verdicts and rankings stay within a group. An
+    older CSV's `no_difference` verdicts become `equivalent` or `inconclusive` from their intervals."""
     cells = with_columns(with_memory(pd.read_csv(cells_csv)), OPTIONAL_COLUMNS).set_index("cell_id", drop=False)
     if "verdict" in cells.columns:
         lows, highs = numeric(cells, "speedup_ci_low"), numeric(cells, "speedup_ci_high")
@@ -40,8 +41,10 @@ def load_cells(cells_csv: Path, min_effect: float = DEFAULT_MIN_EFFECT) -> pd.Da
             legacy_verdict(v, lo, hi, min_effect) for v, lo, hi in zip(cells["verdict"], lows, highs, strict=True)
         ]
         cells = cells.assign(verdict=verdicts)
-    device = cells["device_name"].fillna(cells["device"]).fillna("unknown device")
-    return cells.assign(group=device.astype(str))
+    device = cells["device_name"].fillna(cells["device"]).fillna("unknown device").astype(str)
+    if cells["model"].nunique() > 1:
+        device = cells["model"].astype(str) + " on " + device
+    return cells.assign(group=device)
 
 
 def load_runs(runs_csv: Path) -> pd.DataFrame:

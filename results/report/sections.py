@@ -29,16 +29,25 @@ def header_section(cells: pd.DataFrame, runs: pd.DataFrame, min_effect: float) -
         return "# optbench report\n\nThe sweep has no cells."
     done = measured(cells)
     first = done.iloc[0] if len(done) else cells.iloc[0]
-    devices = ", ".join(sorted({f"{d} ({n})" for d, n in zip(done["device"], done["group"], strict=True)}))
+    names = done["device_name"].fillna(done["device"]).fillna("unknown device")
+    devices = ", ".join(sorted({f"{d} ({n})" for d, n in zip(done["device"], names, strict=True)}))
     counts = runs["status"].value_counts().to_dict()
     repeats = pd.to_numeric(cells["repeats"])
+    source = done if len(done) else cells
+    models = [_model_text(rows.iloc[0]) for _, rows in source.groupby("model", sort=False)]
     return (
         f"# optbench report: sweep `{first['sweep_id']}`\n\n"
-        f"Model `{first['model']}` at {int(first['image_size'])} px, weights `{first['weights']}`; "
+        f"{'Model' if len(models) == 1 else 'Models'} {'; '.join(models)}; "
         f"{len(cells)} cells of {span(repeats)} {_plural(repeats, 'run')} each, {len(runs)} runs in all "
         f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}), measured on {devices or 'no device'}.\n\n"
         f"{_method(cells, repeats, min_effect)}"
     )
+
+
+def _model_text(row: pd.Series) -> str:
+    """`resnet50` at its input shape (`3x224x224`, or the image size of an older CSV) with its weights."""
+    shape = row["input_shape"] if pd.notna(row.get("input_shape")) else f"{int(row['image_size'])} px"
+    return f"`{row['model']}` at {shape}, weights `{row['weights']}`"
 
 
 def _plural(counts: pd.Series, noun: str) -> str:

@@ -35,6 +35,44 @@ def ship_section(on_device: pd.DataFrame, runs: pd.DataFrame, cite: Citations, c
     return "\n".join(lines)
 
 
+def models_section(done: pd.DataFrame, runs: pd.DataFrame, cite: Citations, constraints: Constraints) -> str:
+    """A sweep of several models: the cell to ship for each model (and device), side by side, each against its
+    own model's baseline."""
+    lines = [
+        "## Best cell per model",
+        "",
+        f"What `python -m results recommend` ships for each model under `{constraints.describe()}`; each speedup is "
+        "over the same model's baseline at the same batch size. Each model's own section follows.",
+        "",
+        "| model | parameters | GFLOPs per sample | input | ship | throughput (samples/s) | over its baseline |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for group in sorted(done["group"].unique()):
+        on_device = done[done["group"] == group]
+        answer = recommend(on_device, runs, constraints, cite.min_effect)
+        first = str(on_device.index[0])
+        size = (
+            f"{cite.quote(first, 'model_params', 2, 1e-6, ' M')}"
+            if pd.notna(on_device["model_params"].iloc[0])
+            else "?"
+        )
+        flops = cite.quote(first, "model_gflops", 3) if pd.notna(on_device["model_gflops"].iloc[0]) else "?"
+        shape = on_device["input_shape"].iloc[0] if pd.notna(on_device["input_shape"].iloc[0]) else "?"
+        if answer.recommended is None:
+            lines.append(f"| {group} | {size} | {flops} | {shape} | no cell meets every constraint | | |")
+            continue
+        best = str(answer.recommended)
+        row = on_device.loc[best]
+        versus = (
+            cite.speedup(best) if pd.notna(row["speedup"]) and row["optimization"] != "baseline" else "(the baseline)"
+        )
+        lines.append(
+            f"| {group} | {size} | {flops} | {shape} | `{row['optimization']}` at batch {int(row['batch_size'])} | "
+            f"{cite.quote(best, 'throughput_sps')} | {versus} |"
+        )
+    return "\n".join(lines)
+
+
 def _recommended(answer: Recommendation, cite: Citations) -> list[str]:
     best, metric = str(answer.recommended), answer.objective
     digits = 2 if metric.higher_is_better else 3

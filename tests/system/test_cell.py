@@ -10,6 +10,7 @@ import torch
 
 from shared.catalogue import parse_chain
 from shared.result import FIELD_NAMES
+from shared.spec import CellSpec
 from tests.conftest import REPO, tiny_spec
 from worker.engine.environment import cpu_flags, effective_cpu_isa, hardware_cpu_isa, onednn_features
 from worker.engine.model_stats import size_stats
@@ -145,8 +146,8 @@ def test_prune_keeps_dense_size_shrinks_compressed_size_and_reaches_the_sparsity
 
 def test_prune_leaves_no_masks_or_original_weights_in_the_state_dict():
     spec = tiny_spec(optimization="prune", prune_amount=0.3)
-    model, _ = build_model(spec.model, "random", 0)
-    final, _ = apply_chain(parse_chain("prune"), Prepared(model, torch.device("cpu")), spec)
+    built = build_model(spec)
+    final, _ = apply_chain(parse_chain("prune"), Prepared(built.model, torch.device("cpu"), built.sample_shape), spec)
     keys = final.model.state_dict().keys()
     assert not [k for k in keys if k.endswith(("_orig", "_mask"))]
     assert size_stats(final.model)["sparsity"] == pytest.approx(0.3, abs=0.02)
@@ -172,8 +173,10 @@ def test_structured_pruning_removes_parameters_and_keeps_the_output_shape(baseli
 
 def test_structured_pruning_keeps_channel_counts_multiples_of_8_for_tensor_cores(baseline):
     spec = tiny_spec(model="resnet18", optimization="prune_structured", prune_amount=0.3)  # 64 * 0.7 = 44.8
-    model, _ = build_model(spec.model, "random", 0)
-    final, _ = apply_chain(parse_chain(spec.optimization), Prepared(model, torch.device("cpu")), spec)
+    built = build_model(spec)
+    final, _ = apply_chain(
+        parse_chain(spec.optimization), Prepared(built.model, torch.device("cpu"), built.sample_shape), spec
+    )
     convs = [m for m in final.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs[0].out_channels < 64  # pruned
     assert [c.out_channels for c in convs if c.out_channels % 8] == []
@@ -274,12 +277,12 @@ def test_other_cuda_library_errors_keep_their_class():
 
 
 def test_a_state_dict_file_is_loaded_and_named_with_its_hash(tmp_path):
-    model, _ = build_model("densenet121", "random", seed=7)
+    model = build_model(CellSpec(weights="random", seed=7)).model
     path = tmp_path / "densenet.pt"
     torch.save(model.state_dict(), path)
-    loaded, label = build_model("densenet121", str(path), seed=0)
-    assert label.startswith(f"file:{path} sha256:")
-    assert torch.equal(loaded.classifier.weight, model.classifier.weight)
+    loaded = build_model(CellSpec(weights=str(path), seed=0))
+    assert loaded.weights.startswith(f"file:{path} sha256:")
+    assert torch.equal(loaded.model.classifier.weight, model.classifier.weight)
 
 
 def test_auto_weights_never_download_and_use_the_hub_cache_when_present(tmp_path, monkeypatch):
@@ -287,7 +290,7 @@ def test_auto_weights_never_download_and_use_the_hub_cache_when_present(tmp_path
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     assert models.cached_checkpoint("densenet121") is None
-    assert build_model("densenet121", "auto", seed=0)[1] == "random(seed=0)"
+    assert build_model(CellSpec(weights="auto", seed=0)).weights == "random(seed=0)"
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "densenet121-a639ec97.pth").write_bytes(b"")
     enum, path = models.cached_checkpoint("densenet121")
@@ -311,8 +314,7 @@ def test_gpu_out_of_memory_is_a_real_cuda_oom_and_a_failed_result():
     from worker.gpu_check.checks import gpu_oom_batch  # the batch the GPU check uses (tested in test_gpu_check.py)
 
     batch = gpu_oom_batch(torch.cuda.get_device_properties(0).total_memory)
-    model, _ = build_model("densenet121", "random", 0)
-    model = model.cuda()
+    model = build_model(CellSpec(weights="random")).model.cuda()
     inputs = torch.randn(batch, 3, 2048, 2048).cuda()  # fits: the activations don't
     with pytest.raises(torch.cuda.OutOfMemoryError), torch.inference_mode():
         model(inputs)

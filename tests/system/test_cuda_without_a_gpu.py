@@ -384,7 +384,7 @@ def test_the_tf32_step_turns_tf32_on_after_the_reference(restore_tf32):
     precision.set_tf32(False)
     spec = tiny_spec(model="mobilenet_v3_small", optimization="tf32")
     model = torch.nn.Linear(2, 2)
-    apply_chain(parse_chain("tf32"), Prepared(model, torch.device("cpu")), spec)
+    apply_chain(parse_chain("tf32"), Prepared(model, torch.device("cpu"), (3, spec.image_size, spec.image_size)), spec)
     assert precision.tf32_flags() == {"tf32_cudnn": True, "tf32_matmul": True}
     with pytest.raises(OptbenchError, match="sets the precision twice"):
         parse_chain("tf32+fp16")

@@ -19,6 +19,7 @@ import torch
 from results.report.sections import how_quantized
 from shared.catalogue import parse_chain, preferred_device, unsupported_reason
 from shared.errors import OptbenchError
+from shared.spec import CellSpec
 from tests.conftest import REPO, tiny_spec
 from worker.engine import onnx_runtime, quantize, transforms
 from worker.engine.environment import cpu_flags, effective_cpu_isa, hardware_cpu_isa
@@ -117,7 +118,7 @@ def test_torchao_int8_quantizes_the_linear_layers_only(optimization, baseline):
 
 
 def test_in_densenet_only_the_classifier_is_linear():
-    model, _ = build_model("densenet121", "random", 0)
+    model = build_model(CellSpec(weights="random")).model
     assert quantize.torchao_quantize(model, "int8_dynamic", tune_inductor=False) == "Conv2d 0/120, Linear 1/1"
 
 
@@ -191,7 +192,7 @@ def test_int8_static_on_avx2_without_vnni_reduces_the_range_and_keeps_fidelity()
 
 @pytest.fixture(scope="module")
 def squeezenet_session():
-    model, _ = build_model("squeezenet1_1", "random", 0)
+    model = build_model(CellSpec(model="squeezenet1_1", weights="random", image_size=32)).model
     example = make_inputs(2, 32, device=CPU)
     onnx_model, opset = onnx_runtime.export(model, example)
     return model, onnx_runtime.OrtModel(onnx_model, example, threads=1), opset
@@ -262,7 +263,8 @@ def test_the_cell_runner_says_what_to_install_when_a_package_is_missing(tmp_path
 
 def test_synthetic_weights_make_the_logits_depend_on_the_input():
     def cosine_between_two_inputs(weights: str) -> tuple[float, str]:
-        model, label = build_model("densenet121", weights, 0, image_size=32)
+        built = build_model(CellSpec(weights=weights, image_size=32))
+        model, label = built.model, built.weights
         a, b = (make_inputs(1, 32, device=CPU, seed=seed) for seed in (1, 2))
         with torch.inference_mode():
             return float(torch.nn.functional.cosine_similarity(model(a), model(b))), label
@@ -272,7 +274,7 @@ def test_synthetic_weights_make_the_logits_depend_on_the_input():
     # random: nearly the same logits for any input (0.996 at 32 px, 0.9999 at 224), so a cosine to fp32 says little
     assert random_cosine > 0.99
     assert synthetic_cosine < 0.9
-    assert label == "synthetic(seed=0, bn_stats=16 samples at 32 px)"
+    assert label == "synthetic(seed=0, bn_stats=16 samples at 3x32x32)"
 
 
 # ------------------------------------------------------------------------------------------------ report

@@ -1,14 +1,28 @@
-"""Models and inputs: a torchvision classifier by name, its weights, and seeded synthetic batches."""
+"""Models and inputs: a model spec built (torchvision, timm or a factory), its weights, and seeded synthetic batches."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
 import logging
 import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchvision
 from torch import nn
+
+from shared.errors import OptbenchError, one_line
+from shared.models import MODULE, TIMM, TIMM_REQUIREMENT, TORCHVISION, ModelSpec, check_input_shape, shape_text
+
+if TYPE_CHECKING:
+    from shared.spec import CellSpec
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +31,29 @@ log = logging.getLogger(__name__)
 SYNTHETIC_SAMPLES = 16
 SYNTHETIC_BATCH = 8
 SYNTHETIC_SEED_OFFSET = 1000
+
+
+@dataclass
+class BuiltModel:
+    """The fp32 model in eval mode on the CPU, what it was built from, and the shape of one input sample."""
+
+    model: nn.Module
+    weights: str  # which weights it holds: `pretrained:...`, `random(seed=0)`, `synthetic(...)`, `file:... sha256:...`
+    sample_shape: tuple[int, ...]  # one sample's input shape, (3, image_size, image_size) unless declared
+    source: str  # `torchvision 0.29.1`, `timm 1.0.31`, `module pkg.mod (/path/mod.py, dist pkg 0.1.0)`, `file /path.py`
+    sha256: str  # of the source file of the model's code: a fleet with different model code measures other models
+    output: str  # what fidelity compares: `tensor`, or the first tensor of a tuple or dict, e.g. `dict['logits'] of 2`
+
+    def fields(self) -> dict[str, Any]:
+        """The row's model fields."""
+        return {
+            "weights": self.weights,
+            "input_shape": shape_text(self.sample_shape),
+            "model_source": self.source,
+            "model_sha256": self.sha256,
+            "model_params": sum(p.numel() for p in self.model.parameters()),
+            "model_output": self.output,
+        }
 
 
 def cached_checkpoint(name: str) -> tuple[object, str] | None:
@@ -29,37 +66,177 @@ def cached_checkpoint(name: str) -> tuple[object, str] | None:
     return (default, path) if os.path.isfile(path) else None
 
 
-def build_model(name: str, weights: str, seed: int, image_size: int = 224) -> tuple[nn.Module, str]:
-    """The fp32 model in eval mode on the CPU, and a label saying which weights it holds.
+def build_model(spec: CellSpec) -> BuiltModel:
+    """The cell's fp32 model in eval mode on the CPU, checked to run on one sample of its input shape.
 
-    weights: `auto` (the pretrained checkpoint if it is in the hub cache, else random init; never
-    downloads), `pretrained` (torchvision downloads it if needed), `random`, `synthetic` (random
-    init whose BatchNorm statistics are re-estimated at `image_size`, see `reestimate_batchnorm`),
-    or a state-dict path. Random init is seeded, so `random(seed=0)` is the same model on every host.
+    weights: `auto` (torchvision's pretrained checkpoint if it is in the hub cache, else random init; never
+    downloads), `pretrained` (torchvision or timm download it if needed), `random`, `synthetic` (random
+    init whose BatchNorm statistics are re-estimated at the input shape, see `reestimate_batchnorm`), or a
+    state-dict path. Random init is seeded, so `random(seed=0)` is the same model on every host. A model
+    that can't be built, or fails on its input, raises OptbenchError in one line.
     """
-    torch.manual_seed(seed)
-    if weights == "pretrained" or (weights == "auto" and cached_checkpoint(name)):
-        enum = torchvision.models.get_model_weights(name).DEFAULT
-        model = torchvision.models.get_model(name, weights=enum)
-        label = f"pretrained:{enum}"
-    elif weights in ("auto", "random"):
-        model = torchvision.models.get_model(name, weights=None)
-        label = f"random(seed={seed})"
-    elif weights == "synthetic":
-        model = torchvision.models.get_model(name, weights=None)
-        reestimate_batchnorm(model, image_size, seed + SYNTHETIC_SEED_OFFSET)
-        label = f"synthetic(seed={seed}, bn_stats={SYNTHETIC_SAMPLES} samples at {image_size} px)"
-    else:
-        model = torchvision.models.get_model(name, weights=None)
+    model_spec = spec.model_spec
+    builder, source, code_file = _builder(model_spec)
+    torch.manual_seed(spec.seed)
+    weights = spec.weights
+    pretrained = weights == "pretrained" or (
+        weights == "auto" and model_spec.kind == TORCHVISION and cached_checkpoint(model_spec.name)
+    )
+    try:
+        model, label = builder(pretrained, spec.model_kwargs), f"random(seed={spec.seed})"
+    except OptbenchError:
+        raise
+    except Exception as exc:
+        raise OptbenchError(f"model {model_spec.text} does not build: {type(exc).__name__}: {one_line(exc)}") from exc
+    if not isinstance(model, nn.Module):
+        raise OptbenchError(f"model {model_spec.text} returned a {type(model).__name__}, not a torch.nn.Module")
+    model.eval()
+    if pretrained:
+        label = f"pretrained:{_pretrained_name(model_spec, model)}"
+    sample_shape = spec.input_shape or _declared_shape(builder) or (3, spec.image_size, spec.image_size)
+    model, output = first_tensor_output(model, model_spec.text, sample_shape)
+    if weights == "synthetic":
+        layers = reestimate_batchnorm(model, sample_shape, spec.seed + SYNTHETIC_SEED_OFFSET)
+        label = f"synthetic(seed={spec.seed}, bn_stats={SYNTHETIC_SAMPLES} samples at {shape_text(sample_shape)})"
+        label += "" if layers else ", no BatchNorm"
+    elif weights not in ("auto", "pretrained", "random"):
         state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-        label = f"file:{os.path.abspath(weights)} sha256:{_sha256(weights)[:12]}"
-    log.info("built %s with %s weights", name, label)
-    return model.eval(), label
+        target = model.model if isinstance(model, FirstTensor) else model
+        try:
+            target.load_state_dict(state)
+        except RuntimeError as exc:
+            raise OptbenchError(f"weights {weights} don't fit model {model_spec.text}: {one_line(exc, 300)}") from None
+        label = f"file:{os.path.abspath(weights)} sha256:{sha256_of(weights)[:12]}"
+    log.info("built %s (%s) with %s weights", model_spec.text, source, label)
+    return BuiltModel(model.eval(), label, tuple(sample_shape), source, sha256_of(code_file), output)
+
+
+Builder = Callable[[bool, dict[str, Any]], nn.Module]  # builder(pretrained, kwargs)
+
+
+def _builder(model: ModelSpec) -> tuple[Builder, str, str]:
+    """How to build the model, where its code comes from (for the row), and its code's file (for the hash)."""
+    if model.kind == TORCHVISION:
+        function = torchvision.models.get_model_builder(model.name)
+
+        def build_torchvision(pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+            weights = torchvision.models.get_model_weights(model.name).DEFAULT if pretrained else None
+            return torchvision.models.get_model(model.name, weights=weights, **kwargs)
+
+        return build_torchvision, f"torchvision {torchvision.__version__}", inspect.getsourcefile(function)
+    if model.kind == TIMM:
+        try:
+            import timm
+        except ImportError:
+            raise OptbenchError(f"timm models need timm on the worker: pip install {TIMM_REQUIREMENT}") from None
+        entrypoint = timm.models.model_entrypoint(model.name.split(".")[0])
+
+        def build_timm(pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+            return timm.create_model(model.name, pretrained=pretrained, **kwargs)
+
+        return build_timm, f"timm {timm.__version__}", inspect.getsourcefile(entrypoint)
+    factory, source, path = _factory(model)
+
+    def build_factory(pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+        return factory(**kwargs)
+
+    build_factory.input_shape = getattr(factory, "input_shape", None)  # type: ignore[attr-defined]
+    return build_factory, source, path
+
+
+def _factory(model: ModelSpec) -> tuple[Callable[..., Any], str, str]:
+    """The factory function of a module or file spec, a description of its source, and its file."""
+    if model.kind == MODULE:
+        try:
+            module = importlib.import_module(model.name)
+        except ImportError as exc:
+            raise OptbenchError(
+                f"model {model.text}: module {model.name} does not import on this worker ({one_line(exc, 200)}): "
+                "install its package on every worker (pip install -e PATH)"
+            ) from None
+        path = inspect.getsourcefile(module) or ""
+        dist = _distribution(model.name)
+        source = f"module {model.name} ({path}{', ' + dist if dist else ''})"
+    else:
+        path = os.path.abspath(model.name)
+        if not os.path.isfile(path):
+            raise OptbenchError(f"model {model.text}: no file {path} on this worker")
+        name = f"optbench_model_{sha256_of(path)[:12]}"
+        loader = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[name] = module  # dataclasses and pickling look their module up by name
+        loader.loader.exec_module(module)
+        source = f"file {path}"
+    factory = getattr(module, model.factory, None)
+    if not callable(factory):
+        raise OptbenchError(f"model {model.text}: {model.name} has no function {model.factory!r}")
+    return factory, source, path
+
+
+def _distribution(module: str) -> str | None:
+    """`dist 1.2.0`: the installed distribution that provides `module`'s top-level package, if any."""
+    top = module.split(".")[0]
+    for dist in importlib.metadata.packages_distributions().get(top, []):
+        return f"{dist} {importlib.metadata.version(dist)}"
+    return None
+
+
+def _declared_shape(builder: Builder) -> tuple[int, ...] | None:
+    """A factory's `input_shape` attribute: the shape of one sample it takes (`build.input_shape = (1, 28, 28)`)."""
+    declared = getattr(builder, "input_shape", None)
+    return None if declared is None else check_input_shape(tuple(declared))
+
+
+def _pretrained_name(model: ModelSpec, built: nn.Module) -> str:
+    if model.kind == TORCHVISION:
+        return str(torchvision.models.get_model_weights(model.name).DEFAULT)
+    config = getattr(built, "pretrained_cfg", None) or {}
+    return f"timm {model.name}" + (f".{config['tag']}" if config.get("tag") else "")
+
+
+class FirstTensor(nn.Module):
+    """A model whose output is a tuple or dict, reduced to its first tensor: what is timed, compared and exported."""
+
+    def __init__(self, model: nn.Module, key: int | str) -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs)[self.key]
 
 
 @torch.no_grad()
-def reestimate_batchnorm(model: nn.Module, image_size: int, seed: int) -> int:
+def first_tensor_output(model: nn.Module, text: str, sample_shape: tuple[int, ...]) -> tuple[nn.Module, str]:
+    """Run the model once on a sample; a tuple or dict output is reduced to its first entry, which must be a tensor.
+
+    Returns the model to measure and what its output was (`tensor`, `tuple[0] of 3`, `dict['logits'] of 2`)."""
+    try:
+        output = model(make_inputs(1, sample_shape, device=torch.device("cpu")))
+    except Exception as exc:
+        raise OptbenchError(
+            f"model {text} fails on one input of shape {shape_text(sample_shape)}: {type(exc).__name__}: "
+            f"{one_line(exc, 300)} (set --input-shape, or the factory's input_shape)"
+        ) from None
+    if isinstance(output, torch.Tensor):
+        return model, "tensor"
+    if isinstance(output, (tuple, list)) and output:
+        key: int | str = 0
+        described = f"{type(output).__name__}[0] of {len(output)}"
+    elif isinstance(output, dict) and output:
+        key = next(iter(output))
+        described = f"dict[{key!r}] of {len(output)}"
+    else:
+        raise OptbenchError(f"model {text} returns {type(output).__name__}: optbench measures models returning tensors")
+    if not isinstance(output[key], torch.Tensor):
+        raise OptbenchError(
+            f"model {text} returns a {described} whose first entry is a {type(output[key]).__name__}, not a tensor"
+        )
+    return FirstTensor(model, key).eval(), described
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, sample_shape: tuple[int, ...] | int, seed: int) -> int:
     """Give every BatchNorm the mean and variance of its real inputs, as training leaves them.
 
     torchvision's init leaves running mean 0 and variance 1, which its activations don't have: they
@@ -76,7 +253,7 @@ def reestimate_batchnorm(model: nn.Module, image_size: int, seed: int) -> int:
         layer.momentum = None  # cumulative average over the batches
         layer.train()
     for start in range(0, SYNTHETIC_SAMPLES, SYNTHETIC_BATCH):
-        model(make_inputs(SYNTHETIC_BATCH, image_size, device=torch.device("cpu"), seed=seed + start))
+        model(make_inputs(SYNTHETIC_BATCH, sample_shape, device=torch.device("cpu"), seed=seed + start))
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
         layer.eval()
@@ -85,20 +262,25 @@ def reestimate_batchnorm(model: nn.Module, image_size: int, seed: int) -> int:
 
 def make_inputs(
     batch_size: int,
-    image_size: int,
+    sample_shape: tuple[int, ...] | int,
     *,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
     memory_format: torch.memory_format = torch.contiguous_format,
     seed: int = 0,
 ) -> torch.Tensor:
-    """A seeded normal batch (batch, 3, size, size), identical on every device, placed on `device`."""
+    """A seeded normal batch (batch, *sample_shape), identical on every device, placed on `device`.
+
+    An int sample shape is an image size: (3, size, size). A channels-last memory format applies to 4-d batches."""
+    shape = (3, sample_shape, sample_shape) if isinstance(sample_shape, int) else tuple(sample_shape)
     generator = torch.Generator().manual_seed(seed)
-    batch = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
+    batch = torch.randn(batch_size, *shape, generator=generator)
+    if batch.dim() != 4:
+        memory_format = torch.contiguous_format
     return batch.to(device=device, dtype=dtype, memory_format=memory_format)
 
 
-def _sha256(path: str) -> str:
+def sha256_of(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ import torch
 
 from shared.catalogue import Optimization, parse_chain, preferred_device, unsupported_reason
 from shared.environment import utc_now
+from shared.errors import one_line
 from shared.result import CellResult
 from shared.spec import CellSpec
 from worker.engine import measure
@@ -42,7 +44,7 @@ from worker.engine.model_stats import (
 from worker.engine.models import build_model
 from worker.engine.precision import set_tf32, tf32_flags
 from worker.engine.trackers import CpuMemory, CudaMemory, GpuEnergy, Noise, nvml_handle
-from worker.engine.transforms import SETTINGS, Prepared, apply_chain, unsupported_here
+from worker.engine.transforms import SETTINGS, Prepared, StepFailed, apply_chain, unsupported_here
 
 log = logging.getLogger("optbench.cell")
 
@@ -58,7 +60,8 @@ def run_cell(spec: CellSpec, on_progress: OnProgress | None = None) -> CellResul
         _run(spec, chain, result, report)
     except Exception as exc:  # a failed cell is a result, not a crash
         log.exception("cell %s failed", spec.cell_id)
-        result.update({"status": "failed", "error_type": error_type(exc), "error": one_line(exc)})
+        cause = exc.cause if isinstance(exc, StepFailed) else exc
+        result.update({"status": "failed", "error_type": error_type(cause), "error": failure_text(exc)})
     result.finished_at = utc_now()
     return result
 
@@ -145,12 +148,11 @@ def _prepare(
 ) -> tuple[Prepared, torch.Tensor]:
     """Build, record fp32 probe outputs, optimize, make the first call, read size/FLOPs/fidelity."""
     report("loading")
-    model, result.weights = build_model(spec.model, spec.weights, spec.seed, spec.image_size)
-    fp32 = Prepared(model.to(device), device)
-    probe = [
-        fp32.inputs(spec.batch_size, spec.image_size, seed=spec.seed + 1 + i)
-        for i in range(probe_chunks(spec.batch_size))
-    ]
+    built = build_model(spec)
+    result.update(built.fields())
+    fp32 = Prepared(built.model.to(device), device, built.sample_shape)
+    result.model_gflops = gflops_per_sample(fp32.model, fp32.inputs(1, seed=spec.seed))  # before steps change it
+    probe = [fp32.inputs(spec.batch_size, seed=spec.seed + 1 + i) for i in range(probe_chunks(spec.batch_size))]
     reference = run_probe(fp32.model, probe)
 
     report("optimizing")
@@ -158,7 +160,7 @@ def _prepare(
         prepared, eager = apply_chain(chain, fp32, spec)
     if device.type == "cuda":
         result.update(tf32_flags())  # as the timed calls run: the `tf32` step changes them
-    inputs = prepared.inputs(spec.batch_size, spec.image_size, seed=spec.seed)
+    inputs = prepared.inputs(spec.batch_size, seed=spec.seed)
     with _stopwatch() as first_call_seconds, torch.inference_mode():
         prepared.model(inputs)
         if device.type == "cuda":
@@ -169,7 +171,7 @@ def _prepare(
     if prepared.artifact is not None:  # the int8 graph or the ONNX file: what is stored is not the eager model
         result.update(serialized_size(prepared.artifact))
     result.update(prepared.fields)
-    result.gflops_per_sample = gflops_per_sample(eager.model, eager.inputs(1, spec.image_size, seed=spec.seed))
+    result.gflops_per_sample = gflops_per_sample(eager.model, eager.inputs(1, seed=spec.seed))
     probe = [b.to(dtype=prepared.dtype, memory_format=prepared.memory_format) for b in probe]
     outputs = run_probe(prepared.model, probe)
     result.update(fidelity(reference, outputs))
@@ -193,6 +195,31 @@ def _stopwatch() -> Iterator[Callable[[], float]]:
     end.append(time.perf_counter())
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+# torch.onnx's errors open with fixed advice and end with `## Exception summary`: the first exception there
+# names what failed (the op with no ONNX function, the expression torch.export could not trace).
+EXCEPTION_SUMMARY = re.compile(r"## Exception summary\s*<class '(?:[\w.]+\.)?(?P<type>\w+)'>: (?P<message>[^\n]*)")
+# torch.export's errors end with the model's line that raised: `File "net.py", line 83, in forward`, then its code.
+RAISING_CALL = re.compile(
+    r'The following call raised this error:\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>\w+)\n'
+    r"\s*(?P<code>[^\n]*)"
+)
+
+
+def failure_text(exc: BaseException) -> str:
+    """A failed cell's `error`: one line that names the step (`onnxruntime: ...`), what failed in it, and where
+    in the model's code when the error says."""
+    step = f"{exc.step}: " if isinstance(exc, StepFailed) else ""
+    cause = exc.cause if isinstance(exc, StepFailed) else exc
+    text = ANSI_ESCAPE.sub("", str(cause))
+    if summary := EXCEPTION_SUMMARY.search(text):
+        text = f"{summary['type']}: {summary['message']}"
+        if where := RAISING_CALL.search(str(cause)):
+            place = f"{os.path.basename(where['file'])}:{where['line']} in {where['function']}"
+            text += f" (raised at {place}: {where['code'].strip()})"
+    return one_line(Exception(step + text))
+
+
 # cuBLAS, cuDNN, cuFFT, cuSOLVER, cuSPARSE failing to allocate their workspace: also out of GPU memory.
 LIBRARY_ALLOC_FAILED = re.compile(r"\b[A-Z]+(?:_STATUS)?_ALLOC_FAILED\b")
 
@@ -208,8 +235,3 @@ def error_type(exc: BaseException) -> str:
     ):
         return "out_of_memory"
     return type(exc).__name__
-
-
-def one_line(exc: BaseException, limit: int = 500) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:limit]

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from shared.catalogue import OPTIMIZATIONS, Optimization, pinned
+from shared.models import shape_text
 from worker.engine import onnx_runtime, quantize
 from worker.engine.environment import effective_cpu_isa
 from worker.engine.models import make_inputs
@@ -48,6 +49,7 @@ class Prepared:
 
     model: nn.Module
     device: torch.device
+    sample_shape: tuple[int, ...]  # one input sample's shape (`models.BuiltModel.sample_shape`)
     dtype: torch.dtype = torch.float32
     memory_format: torch.memory_format = torch.contiguous_format
     # What is stored when it isn't the eager model's state dict (the int8 graph, the ONNX file): its size is
@@ -59,10 +61,10 @@ class Prepared:
     # run eagerly): fidelity is then also split into the reference's error and the kernels' (`run._prepare`).
     reference: nn.Module | None = None
 
-    def inputs(self, batch_size: int, image_size: int, seed: int) -> torch.Tensor:
+    def inputs(self, batch_size: int, seed: int) -> torch.Tensor:
         return make_inputs(
             batch_size,
-            image_size,
+            self.sample_shape,
             device=self.device,
             dtype=self.dtype,
             memory_format=self.memory_format,
@@ -152,7 +154,7 @@ def _prune_structured(prepared: Prepared, spec: CellSpec) -> Prepared:
     import torch_pruning
 
     model = prepared.model
-    example = prepared.inputs(1, spec.image_size, seed=spec.seed)
+    example = prepared.inputs(1, seed=spec.seed)
     with torch.no_grad():
         shape_before = model(example).shape
     pruner = torch_pruning.pruner.MagnitudePruner(
@@ -202,10 +204,10 @@ def _int8_static(prepared: Prepared, spec: CellSpec) -> Prepared:
     """PT2E static int8 calibrated on a seeded set, compiled by inductor (`quantize.int8_static`)."""
     batches = math.ceil(CALIBRATION_SAMPLES / spec.batch_size)
     seed = spec.seed + CALIBRATION_SEED_OFFSET
-    calibration = [prepared.inputs(spec.batch_size, spec.image_size, seed=seed + i) for i in range(batches)]
+    calibration = [prepared.inputs(spec.batch_size, seed=seed + i) for i in range(batches)]
     reduce_range = quantize.wants_reduce_range(effective_cpu_isa())
     converted, compiled, layers = quantize.int8_static(prepared.model, calibration, reduce_range)
-    described = f"normal(seed={seed}, samples={batches * spec.batch_size}, {spec.image_size} px)"
+    described = f"normal(seed={seed}, samples={batches * spec.batch_size}, {shape_text(prepared.sample_shape)})"
     prepared = replace(prepared, model=compiled, artifact=converted, reference=converted)
     return _with_fields(prepared, calibration=described, quantized_layers=layers, reduce_range=reduce_range)
 
@@ -228,7 +230,7 @@ def _ort_cuda_unsupported_reason(device: torch.device) -> str | None:
 @transform("onnxruntime", check=_ort_cuda_unsupported_reason)
 def _onnxruntime(prepared: Prepared, spec: CellSpec) -> Prepared:
     """Exported with torch.onnx.export (dynamo) at the cell's input shape, run by ONNX Runtime on this device."""
-    example = prepared.inputs(spec.batch_size, spec.image_size, seed=spec.seed)
+    example = prepared.inputs(spec.batch_size, seed=spec.seed)
     onnx_model, opset = onnx_runtime.export(prepared.model, example)
     session = onnx_runtime.OrtModel(onnx_model, example, threads=torch.get_num_threads())
     prepared = replace(prepared, model=session, artifact=onnx_model)
@@ -262,11 +264,23 @@ def _compile(prepared: Prepared, spec: CellSpec) -> Prepared:
     return replace(prepared, model=torch.compile(prepared.model, mode=mode))
 
 
+class StepFailed(Exception):
+    """A step of the chain raised `cause`: the row's error names the step (`run.failure_text`)."""
+
+    def __init__(self, step: str, cause: Exception) -> None:
+        super().__init__(f"{step}: {cause}")
+        self.step, self.cause = step, cause
+
+
 def apply_chain(chain: list[Optimization], prepared: Prepared, spec: CellSpec) -> tuple[Prepared, Prepared]:
-    """Apply the steps in order. Returns (final, eager): `eager` is the model before an opaque step."""
+    """Apply the steps in order. Returns (final, eager): `eager` is the model before an opaque step.
+    A step that raises raises StepFailed, naming it."""
     eager = prepared
     for opt in chain:
-        prepared = TRANSFORMS[opt.name](prepared, spec)
+        try:
+            prepared = TRANSFORMS[opt.name](prepared, spec)
+        except Exception as exc:
+            raise StepFailed(opt.name, exc) from exc
         if not opt.opaque:
             eager = prepared
     return prepared, eager
