@@ -51,11 +51,7 @@ def models_section(done: pd.DataFrame, runs: pd.DataFrame, cite: Citations, cons
         on_device = done[done["group"] == group]
         answer = recommend(on_device, runs, constraints, cite.min_effect)
         first = str(on_device.index[0])
-        size = (
-            f"{cite.quote(first, 'model_params', 2, 1e-6, ' M')}"
-            if pd.notna(on_device["model_params"].iloc[0])
-            else "?"
-        )
+        size = cite.quote(first, "model_params", 0) if pd.notna(on_device["model_params"].iloc[0]) else "?"
         flops = cite.quote(first, "model_gflops", 3) if pd.notna(on_device["model_gflops"].iloc[0]) else "?"
         shape = on_device["input_shape"].iloc[0] if pd.notna(on_device["input_shape"].iloc[0]) else "?"
         if answer.recommended is None:

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import REPO, TINY_SWEEP_ARGS, service_env
 
-BLOCKED = ("torch", "torchvision", "pynvml", "torch_pruning")
+BLOCKED = ("torch", "torchvision", "pynvml", "torch_pruning", "timm")
 BLOCKED_LOG = "OPTBENCH_TEST_BLOCKED_LOG"
 
 # Loaded by every Python started with the blocker's folder first on PYTHONPATH.
@@ -198,11 +198,15 @@ def test_help(command, client_env, blocked_log):
     assert done.stdout.startswith("usage: python -m ")
 
 
-def test_an_invalid_sweep_is_one_line_and_exit_2(client_env, blocked_log):
-    done = client("producer", "sweep", *TINY_SWEEP_ARGS, "--model", "nonsense", env=client_env)
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [("nonsense", "unknown model 'nonsense'"), ("timm:resnet_18", "unknown timm model 'resnet_18': did you mean")],
+)
+def test_an_invalid_sweep_is_one_line_and_exit_2(model, message, client_env, blocked_log):
+    done = client("producer", "sweep", *TINY_SWEEP_ARGS, "--model", model, env=client_env)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "unknown model 'nonsense'" in lines[0], done.stderr
+    assert len(lines) == 1 and message in lines[0], done.stderr
     assert done.stdout == ""
     assert not blocked_log.exists()
 

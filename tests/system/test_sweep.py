@@ -147,6 +147,16 @@ def test_two_sweeps_at_once_keep_their_cells_and_rows_apart(app, redis_client, w
         (["--optimizations", "fp16,nonsense"], "unknown optimization 'nonsense'"),
         (["--optimizations", "fp16,fp16"], "duplicate optimization fp16"),
         (["--model", "nonsense"], "unknown model 'nonsense'"),
+        (["--model", "timm:resnet_nope"], "unknown timm model 'resnet_nope'"),
+        (["--model", "pkg.mod:"], "malformed model 'pkg.mod:'"),
+        (["--model", ".py:build"], "the file path is empty"),
+        (["--model", "resnet18,,resnet50"], "models must be a comma-separated list without empty items"),
+        (["--model", "resnet18,torchvision:resnet18"], "model resnet18 appears twice"),
+        (["--model", "resnet18,resnet50", "--model-kwargs", '{"num_classes": 10}'], "apply to one model"),
+        (["--model-kwargs", "{num_classes: 10}"], "model kwargs must be a JSON object"),
+        (["--model-kwargs", "[1, 2]"], "model kwargs must be a JSON object of keyword arguments"),
+        (["--input-shape", "3,x,32"], "input shape must be comma-separated integers"),
+        (["--model", "pkg.models:build", "--weights", "pretrained"], "weights pretrained are torchvision's or timm's"),
         (["--optimizations", ""], "optimizations must be a comma-separated list without empty items"),
         (["--batch-sizes=-1"], "batch_size must be between 1 and 4096 (got -1)"),
         (["--batch-sizes", "1.5"], "batch sizes must be integers"),
@@ -196,7 +206,7 @@ def test_a_malformed_cells_list_is_rejected(cells, redis_url, monkeypatch, capsy
 def test_names_with_spaces_are_normalized_so_their_cells_can_be_rerun_by_name():
     from producer.sweep import parse_cell_ids, plan
 
-    [cell] = plan(SweepRequest(optimizations=(" fp16 + channels_last ",), batch_sizes=(1,), repeats=1), "cpu")
+    [cell] = plan(SweepRequest(optimizations=(" fp16 + channels_last ",), batch_sizes=(1,), repeats=1), "cpu").values()
     assert cell.optimization == "fp16+channels_last" and cell.cell_id == "fp16+channels_last@bs1"
     assert parse_cell_ids("fp16 + channels_last@bs1,fp16@bs2#3") == ("fp16+channels_last@bs1", "fp16@bs2#3")
 

@@ -86,7 +86,8 @@ def _memory(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _cells(path: Path) -> pd.DataFrame:
     cells = _memory(pd.read_csv(path)).set_index("cell_id", drop=False)
-    return cells.assign(group=cells["device_name"].fillna(cells["device"]))
+    device = cells["device_name"].fillna(cells["device"])
+    return cells.assign(group=cells["model"].astype(str) + " on " + device.astype(str))  # one best per model and device
 
 
 def _runs(path: Path) -> pd.DataFrame:

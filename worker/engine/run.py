@@ -44,7 +44,7 @@ from worker.engine.model_stats import (
 from worker.engine.models import build_model
 from worker.engine.precision import set_tf32, tf32_flags
 from worker.engine.trackers import CpuMemory, CudaMemory, GpuEnergy, Noise, nvml_handle
-from worker.engine.transforms import SETTINGS, Prepared, StepFailed, apply_chain, unsupported_here
+from worker.engine.transforms import SETTINGS, NotApplicable, Prepared, StepFailed, apply_chain, unsupported_here
 
 log = logging.getLogger("optbench.cell")
 
@@ -61,7 +61,10 @@ def run_cell(spec: CellSpec, on_progress: OnProgress | None = None) -> CellResul
     except Exception as exc:  # a failed cell is a result, not a crash
         log.exception("cell %s failed", spec.cell_id)
         cause = exc.cause if isinstance(exc, StepFailed) else exc
-        result.update({"status": "failed", "error_type": error_type(cause), "error": failure_text(exc)})
+        if isinstance(cause, NotApplicable):
+            result.update({"status": "unsupported", "error_type": "unsupported_for_model", "error": failure_text(exc)})
+        else:
+            result.update({"status": "failed", "error_type": error_type(cause), "error": failure_text(exc)})
     result.finished_at = utc_now()
     return result
 

@@ -157,20 +157,31 @@ def _prune_structured(prepared: Prepared, spec: CellSpec) -> Prepared:
     example = prepared.inputs(1, seed=spec.seed)
     with torch.no_grad():
         shape_before = model(example).shape
-    pruner = torch_pruning.pruner.MagnitudePruner(
-        model,
-        example,
-        importance=torch_pruning.importance.MagnitudeImportance(p=1),
-        pruning_ratio=spec.prune_amount,
-        ignored_layers=[m for m in model.modules() if isinstance(m, nn.Linear)],
-        round_to=PRUNE_ROUND_TO,
-    )
-    pruner.step()
+    params_before = sum(p.numel() for p in model.parameters())
+    with warnings.catch_warnings():  # "unwrapped parameters" (a ViT's class token): said below when nothing is removed
+        warnings.simplefilter("ignore", UserWarning)
+        pruner = torch_pruning.pruner.MagnitudePruner(
+            model,
+            example,
+            importance=torch_pruning.importance.MagnitudeImportance(p=1),
+            pruning_ratio=spec.prune_amount,
+            ignored_layers=[m for m in model.modules() if isinstance(m, nn.Linear)],
+            round_to=PRUNE_ROUND_TO,
+        )
+        pruner.step()
     model.eval()
     with torch.no_grad():
         shape_after = model(example).shape
     if shape_after != shape_before:
         raise RuntimeError(f"structured pruning changed the output shape {shape_before} -> {shape_after}")
+    if sum(p.numel() for p in model.parameters()) == params_before:
+        convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        listed = ", ".join(convs[:3]) + (f" and {len(convs) - 3} more" if len(convs) > 3 else "")
+        raise NotApplicable(
+            "removed no channel: it prunes Conv2d output channels and keeps every Linear layer "
+            + (f"whole, and this model's Conv2d layers ({listed}) feed only layers it keeps" if convs else "whole, "
+               "and this model has no Conv2d layer")
+        )  # fmt: skip
     return prepared
 
 
@@ -262,6 +273,10 @@ def _quiet_deprecations() -> Iterator[None]:
 def _compile(prepared: Prepared, spec: CellSpec) -> Prepared:
     mode = None if spec.compile_mode == "default" else spec.compile_mode
     return replace(prepared, model=torch.compile(prepared.model, mode=mode))
+
+
+class NotApplicable(Exception):
+    """A step that does not apply to this model (nothing for it to change): the cell is `unsupported`, with why."""
 
 
 class StepFailed(Exception):
