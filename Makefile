@@ -1,10 +1,16 @@
 # optbench. `make sweep` runs the benchmark end to end; `make test` checks the code. See README.md.
 # Variables pass through: make sweep MODEL=resnet50 OPTIMIZATIONS=baseline,fp16 BATCH_SIZES=1,8 DEVICE=cuda
+# Your own model: MODEL=timm:resnet18, MODEL=mypackage.models:build, MODEL=path/net.py:build (README, "Your own model");
+# several in one sweep: MODELS=resnet50,timm:resnet18
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
 MODEL         ?=
+MODELS        ?=
+MODEL_KWARGS  ?=
+INPUT_SHAPE   ?=
+WEIGHTS       ?=
 OPTIMIZATIONS ?=
 BATCH_SIZES   ?=
 DEVICE        ?=
@@ -18,7 +24,9 @@ CELLS         ?=
 # BROKER=rabbitmq: with no OPTBENCH_BROKER_URL, the commands below start a private RabbitMQ as the broker
 BROKER        ?= redis
 
-SWEEP_ARGS = $(if $(MODEL),--model $(MODEL)) $(if $(OPTIMIZATIONS),--optimizations $(OPTIMIZATIONS)) \
+SWEEP_ARGS = $(if $(MODELS),--model $(MODELS),$(if $(MODEL),--model $(MODEL))) \
+             $(if $(MODEL_KWARGS),--model-kwargs '$(MODEL_KWARGS)') $(if $(INPUT_SHAPE),--input-shape $(INPUT_SHAPE)) \
+             $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(OPTIMIZATIONS),--optimizations $(OPTIMIZATIONS)) \
              $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES)) $(if $(DEVICE),--device $(DEVICE)) \
              $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(NAME),--name $(NAME)) \
              $(if $(REPEATS),--repeats $(REPEATS)) $(if $(MAX_REPEATS),--max-repeats $(MAX_REPEATS)) \

@@ -255,7 +255,7 @@ def render(result: Recommendation, cells: pd.DataFrame, title: str) -> list[str]
     else:
         best = result.recommended
         value = float(cells.loc[best, metric.column])
-        lines.append(f"recommended: {best} ({metric.name} {value:,.4g} {metric.unit}, median over its runs)")
+        lines.append(f"recommended: {best} ({metric.name} {value:,.2f} {metric.unit}, median over its runs)")
         if result.ties:
             lines.append(f"can't be told from it on {metric.name} (a tie: ship any of them), recommended over each:")
             lines += [f"  {t.cell_id}: {_ratio_text(t.ratio)}: {t.verdict}" for t in result.ties]
