@@ -41,7 +41,6 @@ DEFAULT_BATCH_SIZES = {"cuda": (1, 2, 4, 8, 16), "cpu": (1, 2, 4)}  # the CPU se
 class SweepRequest:
     """What a user asks for; `cell_options` are the other CellSpec fields (image size, budgets...)."""
 
-    models: tuple[str, ...] | None = None  # model specs; None: cell_options' model, else CellSpec's default
     optimizations: tuple[str, ...] = DEFAULT_OPTIMIZATIONS
     batch_sizes: tuple[int, ...] | None = None  # None: the device's default set
     device: str = "auto"
@@ -52,6 +51,7 @@ class SweepRequest:
     max_repeats: int = DEFAULT_MAX_REPEATS  # with "auto": the most rounds a cell gets
     time_budget: float | None = None  # with "auto": seconds after which no new round starts
     order_seed: int | None = None  # None: drawn at random and recorded in the sweep
+    models: tuple[str, ...] | None = None  # model specs; None: cell_options' model, else CellSpec's default
 
     @property
     def first_rounds(self) -> int:

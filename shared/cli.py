@@ -67,7 +67,7 @@ def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-kwargs",
         type=parse_model_kwargs,
         default={},
-        help='keyword arguments of the model\'s builder, as a JSON object: \'{"num_classes": 10}\'',
+        help="keyword arguments of the model's builder, as a JSON object: '{\"num_classes\": 10}'",
     )
     add("--input-shape", type=parse_input_shape, help="one sample's shape C,H,W (default 3,IMAGE_SIZE,IMAGE_SIZE)")
     add("--device", choices=DEVICES, default="auto", help="auto: CUDA if present and the optimization runs there")

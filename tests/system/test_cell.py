@@ -240,8 +240,9 @@ def test_an_exception_inside_the_cell_becomes_a_failed_result(tmp_path):
     wrong = tmp_path / "resnet18.pt"
     torch.save(torch.nn.Linear(2, 2).state_dict(), wrong)
     result = run_cell(tiny_spec(weights=str(wrong)))
-    assert (result.status, result.error_type) == ("failed", "RuntimeError")
-    assert "state_dict" in result.error and "\n" not in result.error
+    assert (result.status, result.error_type) == ("failed", "model_error")
+    assert f"weights {wrong} don't fit model densenet121" in result.error and "state_dict" in result.error
+    assert "\n" not in result.error
     assert result.finished_at and result.latency_ms_p50 is None
 
 

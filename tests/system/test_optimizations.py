@@ -162,7 +162,7 @@ def test_int8_static_quantizes_every_conv_is_four_times_smaller_and_keeps_fideli
     result = cell("int8_static")
     assert result.status == "ok", result.error
     assert result.quantized_layers == "Conv2d 20/20, Linear 1/1"
-    assert result.calibration == "normal(seed=2000, samples=32, 32 px)"
+    assert result.calibration == "normal(seed=2000, samples=32, 3x32x32)"
     assert result.model_size_mb < 0.3 * baseline.model_size_mb  # int8 weights, no fp32 copies left behind
     assert result.cpu_isa == str(effective_cpu_isa())
     assert_int8_static_fidelity(result.to_dict(), vnni=effective_cpu_isa().vnni)

@@ -33,6 +33,10 @@ SYNTHETIC_BATCH = 8
 SYNTHETIC_SEED_OFFSET = 1000
 
 
+class ModelError(OptbenchError):
+    """The model can't be built or run on its input here: a failed cell's `error_type` is `model_error`."""
+
+
 @dataclass
 class BuiltModel:
     """The fp32 model in eval mode on the CPU, what it was built from, and the shape of one input sample."""
@@ -73,7 +77,7 @@ def build_model(spec: CellSpec) -> BuiltModel:
     downloads), `pretrained` (torchvision or timm download it if needed), `random`, `synthetic` (random
     init whose BatchNorm statistics are re-estimated at the input shape, see `reestimate_batchnorm`), or a
     state-dict path. Random init is seeded, so `random(seed=0)` is the same model on every host. A model
-    that can't be built, or fails on its input, raises OptbenchError in one line.
+    that can't be built, or fails on its input, raises ModelError in one line.
     """
     model_spec = spec.model_spec
     builder, source, code_file = _builder(model_spec)
@@ -84,12 +88,12 @@ def build_model(spec: CellSpec) -> BuiltModel:
     )
     try:
         model, label = builder(pretrained, spec.model_kwargs), f"random(seed={spec.seed})"
-    except OptbenchError:
+    except ModelError:
         raise
     except Exception as exc:
-        raise OptbenchError(f"model {model_spec.text} does not build: {type(exc).__name__}: {one_line(exc)}") from exc
+        raise ModelError(f"model {model_spec.text} does not build: {type(exc).__name__}: {one_line(exc)}") from exc
     if not isinstance(model, nn.Module):
-        raise OptbenchError(f"model {model_spec.text} returned a {type(model).__name__}, not a torch.nn.Module")
+        raise ModelError(f"model {model_spec.text} returned a {type(model).__name__}, not a torch.nn.Module")
     model.eval()
     if pretrained:
         label = f"pretrained:{_pretrained_name(model_spec, model)}"
@@ -105,7 +109,7 @@ def build_model(spec: CellSpec) -> BuiltModel:
         try:
             target.load_state_dict(state)
         except RuntimeError as exc:
-            raise OptbenchError(f"weights {weights} don't fit model {model_spec.text}: {one_line(exc, 300)}") from None
+            raise ModelError(f"weights {weights} don't fit model {model_spec.text}: {one_line(exc, 300)}") from None
         label = f"file:{os.path.abspath(weights)} sha256:{sha256_of(weights)[:12]}"
     log.info("built %s (%s) with %s weights", model_spec.text, source, label)
     return BuiltModel(model.eval(), label, tuple(sample_shape), source, sha256_of(code_file), output)
@@ -128,7 +132,7 @@ def _builder(model: ModelSpec) -> tuple[Builder, str, str]:
         try:
             import timm
         except ImportError:
-            raise OptbenchError(f"timm models need timm on the worker: pip install {TIMM_REQUIREMENT}") from None
+            raise ModelError(f"timm models need timm on the worker: pip install {TIMM_REQUIREMENT}") from None
         entrypoint = timm.models.model_entrypoint(model.name.split(".")[0])
 
         def build_timm(pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
@@ -150,7 +154,7 @@ def _factory(model: ModelSpec) -> tuple[Callable[..., Any], str, str]:
         try:
             module = importlib.import_module(model.name)
         except ImportError as exc:
-            raise OptbenchError(
+            raise ModelError(
                 f"model {model.text}: module {model.name} does not import on this worker ({one_line(exc, 200)}): "
                 "install its package on every worker (pip install -e PATH)"
             ) from None
@@ -160,7 +164,7 @@ def _factory(model: ModelSpec) -> tuple[Callable[..., Any], str, str]:
     else:
         path = os.path.abspath(model.name)
         if not os.path.isfile(path):
-            raise OptbenchError(f"model {model.text}: no file {path} on this worker")
+            raise ModelError(f"model {model.text}: no file {path} on this worker")
         name = f"optbench_model_{sha256_of(path)[:12]}"
         loader = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(loader)
@@ -169,7 +173,7 @@ def _factory(model: ModelSpec) -> tuple[Callable[..., Any], str, str]:
         source = f"file {path}"
     factory = getattr(module, model.factory, None)
     if not callable(factory):
-        raise OptbenchError(f"model {model.text}: {model.name} has no function {model.factory!r}")
+        raise ModelError(f"model {model.text}: {model.name} has no function {model.factory!r}")
     return factory, source, path
 
 
@@ -214,7 +218,7 @@ def first_tensor_output(model: nn.Module, text: str, sample_shape: tuple[int, ..
     try:
         output = model(make_inputs(1, sample_shape, device=torch.device("cpu")))
     except Exception as exc:
-        raise OptbenchError(
+        raise ModelError(
             f"model {text} fails on one input of shape {shape_text(sample_shape)}: {type(exc).__name__}: "
             f"{one_line(exc, 300)} (set --input-shape, or the factory's input_shape)"
         ) from None
@@ -227,9 +231,9 @@ def first_tensor_output(model: nn.Module, text: str, sample_shape: tuple[int, ..
         key = next(iter(output))
         described = f"dict[{key!r}] of {len(output)}"
     else:
-        raise OptbenchError(f"model {text} returns {type(output).__name__}: optbench measures models returning tensors")
+        raise ModelError(f"model {text} returns {type(output).__name__}: optbench measures models returning tensors")
     if not isinstance(output[key], torch.Tensor):
-        raise OptbenchError(
+        raise ModelError(
             f"model {text} returns a {described} whose first entry is a {type(output[key]).__name__}, not a tensor"
         )
     return FirstTensor(model, key).eval(), described

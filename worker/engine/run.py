@@ -41,7 +41,7 @@ from worker.engine.model_stats import (
     serialized_size,
     size_stats,
 )
-from worker.engine.models import build_model
+from worker.engine.models import ModelError, build_model
 from worker.engine.precision import set_tf32, tf32_flags
 from worker.engine.trackers import CpuMemory, CudaMemory, GpuEnergy, Noise, nvml_handle
 from worker.engine.transforms import SETTINGS, NotApplicable, Prepared, StepFailed, apply_chain, unsupported_here
@@ -230,6 +230,8 @@ LIBRARY_ALLOC_FAILED = re.compile(r"\b[A-Z]+(?:_STATUS)?_ALLOC_FAILED\b")
 def error_type(exc: BaseException) -> str:
     text = str(exc)
     lower = text.lower()
+    if isinstance(exc, ModelError):
+        return "model_error"
     if (
         isinstance(exc, torch.cuda.OutOfMemoryError)
         or "out of memory" in lower
