@@ -111,7 +111,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
             model_queues = {q for q in queues or () if q.startswith(keys.GPU_MODEL_QUEUE_PREFIX)}
             gpu_queue = gpu_queue_for(request.gpu_model, model_queues)
         gpu_queue = gpu_queue or keys.GPU_QUEUE
-        models = check_models(s.app, plan(request, device), gpu_queue, s.settings.model_check_timeout)
+        models = check_models(s.app, plan(request, device), gpu_queue, queues, s.settings.model_check_timeout)
         for model, built in models.items():
             console.print(
                 f"model {model}: built on {built['worker']} ({built['model_params']:,} parameters, input "

@@ -31,21 +31,28 @@ def needs_check(cell: CellSpec) -> bool:
     return not (plain and cell.weights in WEIGHTS_KEYWORDS)
 
 
-def check_models(app, cells: dict[str, CellSpec], gpu_queue: str, timeout: float) -> dict[str, dict]:
+def check_models(
+    app, cells: dict[str, CellSpec], gpu_queue: str, online: set[str] | None, timeout: float
+) -> dict[str, dict]:
     """Ask a worker of each model's queue to build it; what each model is (`BuiltModel.fields` and the worker),
-    by model spec. Raises OptbenchError, naming the worker and its reason, for a model that fails or no answer."""
+    by model spec. `online`: the queues online workers consume (None: no worker answered). Raises OptbenchError,
+    naming the worker and its reason, for a model that fails; or when no online worker serves its queue, or none
+    answers in time."""
     firsts: dict[str, CellSpec] = {}
     for cell in cells.values():
         firsts.setdefault(cell.model, cell)
-    pending = {}
-    for model, cell in firsts.items():
-        if needs_check(cell):
-            spec = dataclasses.replace(cell, optimization="baseline").to_dict()
-            queue = queue_of(cell, gpu_queue)
-            pending[model] = (
-                queue,
-                app.send_task(CHECK_MODEL_TASK, kwargs={"spec": spec, "timeout": timeout}, queue=queue),
+    checks = {model: (cell, queue_of(cell, gpu_queue)) for model, cell in firsts.items() if needs_check(cell)}
+    for model, (_, queue) in checks.items():
+        if queue not in (online or set()):
+            raise OptbenchError(
+                f"no online worker serves queue {queue} to build model {model} before the sweep: start one "
+                "(make worker, python -m worker) or pass --start-missing; nothing enqueued"
             )
+    pending = {}
+    for model, (cell, queue) in checks.items():
+        spec = dataclasses.replace(cell, optimization="baseline").to_dict()
+        kwargs = {"spec": spec, "timeout": timeout}
+        pending[model] = (queue, app.send_task(CHECK_MODEL_TASK, kwargs=kwargs, queue=queue))
     deadline = time.monotonic() + timeout + START_MARGIN
     answers = {}
     try:

@@ -133,6 +133,16 @@ def optbench_keys(client) -> set[bytes]:
     return {key for key in client.keys("*") if key.startswith((b"optbench:sweep", b"celery-task-meta-"))}
 
 
+def test_with_no_worker_online_a_sweep_of_a_factory_model_says_so_and_stops(tmp_path):
+    from shared.services import private_redis
+
+    with private_redis(tmp_path / "redis") as url:  # a Redis no worker listens to
+        done = run_cli("producer", "sweep", *sweep_args("tiny_model:build"), env=service_env(url))
+    assert done.returncode == 2 and done.stdout == ""
+    assert "no online worker serves queue optbench.cpu to build model tiny_model:build" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("model", "message"),
     [
