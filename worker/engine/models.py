@@ -87,7 +87,7 @@ def build_model(spec: CellSpec) -> BuiltModel:
         weights == "auto" and model_spec.kind == TORCHVISION and cached_checkpoint(model_spec.name)
     )
     try:
-        model, label = builder(pretrained, spec.model_kwargs), f"random(seed={spec.seed})"
+        model = builder(pretrained, spec.model_kwargs)
     except ModelError:
         raise
     except Exception as exc:
@@ -95,8 +95,7 @@ def build_model(spec: CellSpec) -> BuiltModel:
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {model_spec.text} returned a {type(model).__name__}, not a torch.nn.Module")
     model.eval()
-    if pretrained:
-        label = f"pretrained:{_pretrained_name(model_spec, model)}"
+    label = f"pretrained:{_pretrained_name(model_spec, model)}" if pretrained else f"random(seed={spec.seed})"
     sample_shape = spec.input_shape or _declared_shape(builder) or (3, spec.image_size, spec.image_size)
     model, output = first_tensor_output(model, model_spec.text, sample_shape)
     if weights == "synthetic":
@@ -165,11 +164,13 @@ def _factory(model: ModelSpec) -> tuple[Callable[..., Any], str, str]:
         path = os.path.abspath(model.name)
         if not os.path.isfile(path):
             raise ModelError(f"model {model.text}: no file {path} on this worker")
-        name = f"optbench_model_{sha256_of(path)[:12]}"
-        loader = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(loader)
-        sys.modules[name] = module  # dataclasses and pickling look their module up by name
-        loader.loader.exec_module(module)
+        name = f"optbench_model_{sha256_of(path)[:12]}"  # the same file's code is loaded once per process
+        module = sys.modules.get(name)
+        if module is None:
+            loader = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(loader)
+            sys.modules[name] = module  # dataclasses and pickling look their module up by name
+            loader.loader.exec_module(module)
         source = f"file {path}"
     factory = getattr(module, model.factory, None)
     if not callable(factory):
