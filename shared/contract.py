@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import OptbenchError
 from shared.spec import CellSpec
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+: annotations are never evaluated here
 
 TASK_NAME = "optbench.run_cell"
 CHECK_MODEL_TASK = "optbench.check_model"
@@ -88,8 +91,20 @@ class CellTask:
         return task, CellSpec.from_dict(task.spec)
 
 
+class Returned:
+    """A task's return value as JSON: `to_dict`, and `from_dict` keeping the fields this version knows."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
+
+
 @dataclass
-class Envelope:
+class Envelope(Returned):
     """What a task returns: which run and attempt, who ran it, how many deliveries, and the CellResult dict."""
 
     sweep_id: str | None
@@ -101,28 +116,12 @@ class Envelope:
     tries: int | None = None
     superseded: bool = False  # a newer attempt of the run exists: this one was acknowledged without running
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Envelope:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{name: value for name, value in data.items() if name in known})
-
 
 @dataclass
-class ModelCheck:
+class ModelCheck(Returned):
     """What `optbench.check_model` returns: whether the model built on `worker`, and what it is, or why not."""
 
     worker: str | None
     ok: bool
     error: str | None = None  # one line
     model: dict[str, Any] | None = None  # the row's model fields (input_shape, model_source, model_sha256, ...)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelCheck:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{name: value for name, value in data.items() if name in known})
