@@ -77,6 +77,9 @@ class CellResult:
     warmup_seconds: float | None = None
     target_spread: float | None = None
     stability_reached: bool | None = None
+    # Why the call counts are below the budget's: calls of 0.5 s or more are counted, not timed for seconds
+    # (worker/engine/measure.py), e.g. `calls of 4.62 s (>= 0.5 s) counted, ...: 2 warm-up, 3 timed, 3 back-to-back`
+    reduced_counts: str | None = None
     timer: str | None = None
     prepare_seconds: float | None = None
     # Memory

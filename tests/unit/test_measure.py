@@ -88,9 +88,52 @@ def test_back_to_back_throughput_times_n_calls_between_one_pair_of_timestamps():
 def test_back_to_back_length_is_about_a_second_and_at_least_ten_calls():
     budget = measure.Budget(0, 0.0, min_iters=100, min_seconds=5.0)
     assert measure.back_to_back_iterations(budget, mean_ms=1.0) == 1000  # capped at 1 s of 1 ms calls
-    assert measure.back_to_back_iterations(budget, mean_ms=500.0) == 10  # at least 10 calls
+    assert measure.back_to_back_iterations(budget, mean_ms=499.0) == 10  # at least 10 calls
+    assert measure.back_to_back_iterations(budget, mean_ms=500.0) == measure.SLOW_CALLS  # a slow call: 3
     short = measure.Budget(0, 0.0, min_iters=3, min_seconds=0.25)
     assert measure.back_to_back_iterations(short, mean_ms=1.0) == 250  # min_seconds when it is shorter
+
+
+class ScriptedTimer:
+    """A timer whose every call "takes" `call_ms` without waiting: what the protocol decides from durations alone."""
+
+    name = "scripted"
+
+    def __init__(self, call_ms: float) -> None:
+        self.call_ms, self.calls = call_ms, 0
+
+    def time_ms(self, call) -> float:
+        self.calls += 1
+        return self.call_ms
+
+    def time_many_ms(self, call, iterations: int) -> float:
+        self.calls += iterations
+        return self.call_ms * iterations
+
+
+def measure_with(timer: ScriptedTimer, budget: measure.Budget) -> tuple:
+    warmup = measure.warm_up(lambda: None, budget, timer)
+    latency = measure.time_calls(lambda: None, budget, timer)
+    back_to_back = measure.time_back_to_back(lambda: None, budget, latency, timer)
+    return warmup, latency, back_to_back, measure.reduced_counts(warmup, latency, back_to_back)
+
+
+def test_slow_calls_are_counted_not_timed_for_seconds_and_the_row_says_why():
+    budget = measure.budget_for("cpu")  # 2 warm-up calls and 1 s, 5 timed calls and 2 s, a second back to back
+    warmup, latency, back_to_back, why = measure_with(ScriptedTimer(4600.0), budget)
+    assert (warmup.iterations, latency.iterations, back_to_back.iterations) == (2, 3, 3)
+    assert warmup.slow and latency.slow and back_to_back.slow
+    assert why == "calls of 4.60 s (>= 0.5 s) counted, not timed for seconds: 2 warm-up, 3 timed, 3 back-to-back"
+
+
+def test_fast_calls_and_counts_the_user_set_keep_the_protocol():
+    fast = measure.Budget(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.0)
+    warmup, latency, back_to_back, why = measure_with(ScriptedTimer(499.0), fast)
+    assert (warmup.iterations, latency.iterations, back_to_back.iterations, why) == (2, 5, 10, None)
+    asked = measure.budget_for("cpu", warmup_iters=3, warmup_seconds=0.0, min_iters=4, min_seconds=0.0)
+    assert not asked.count_slow_calls and measure.budget_for("cpu").count_slow_calls
+    warmup, latency, back_to_back, why = measure_with(ScriptedTimer(4600.0), asked)
+    assert (warmup.iterations, latency.iterations, back_to_back.iterations, why) == (3, 4, 10, None)
 
 
 class FakeDevice:

@@ -13,6 +13,12 @@
   is `throughput_sequential_sps`. N is estimated from the per-call mean to last about
   min(`min_seconds`, BACK_TO_BACK_MAX_SECONDS), and is at least BACK_TO_BACK_MIN_CALLS: one rate
   needs far fewer seconds than percentiles do, so the phase adds about a second to a cell.
+- Slow calls are counted, not timed for seconds (as pyperf calibrates its loops and torch.utils.benchmark
+  autoranges to the call's duration): once a call takes SLOW_CALL_SECONDS or more, its own duration is
+  the measurement, so the warm-up ends after SLOW_WARMUP_CALLS calls and the timed and back-to-back
+  phases after SLOW_CALLS each, whatever their seconds (a 4.6 s fp16 call on a CPU would otherwise be
+  timed 5 + 10 times for nothing). `reduced_counts` says so in the row. This applies to the device's
+  default budget only: counts or seconds set by the user are kept.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ import torch
 SPREAD_CHECK_EVERY = 10  # timed calls between two checks of the spread gate
 BACK_TO_BACK_MAX_SECONDS = 1.0  # the back-to-back phase lasts about this long at most (estimated)
 BACK_TO_BACK_MIN_CALLS = 10  # ... and makes at least this many calls
+SLOW_CALL_SECONDS = 0.5  # a call this long or longer is its own measurement: counted, not timed for seconds
+SLOW_WARMUP_CALLS = 2  # warm-up calls of slow calls
+SLOW_CALLS = 3  # timed calls, and back-to-back calls, of slow calls
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,10 @@ class Budget:
     min_seconds: float
     target_spread: float | None = None
     max_seconds: float = 60.0
+    count_slow_calls: bool = True  # slow calls get the reduced counts (SLOW_*); off when the user set counts
+
+    def is_slow(self, call_ms: float) -> bool:
+        return self.count_slow_calls and call_ms >= SLOW_CALL_SECONDS * 1000.0
 
 
 # Sized so a CPU cell of DenseNet-121 takes seconds, and a GPU cell gathers enough calls for a p99.
@@ -48,11 +61,16 @@ DEFAULT_BUDGETS = {
 }
 
 
+USER_COUNTS = ("warmup_iters", "warmup_seconds", "min_iters", "min_seconds")  # set: no reduced counts
+
+
 def budget_for(device: str, **overrides: float | int | None) -> Budget:
-    """The device's default budget with the non-None overrides applied."""
+    """The device's default budget with the non-None overrides applied; counts or seconds the user set are kept
+    even for slow calls."""
     defaults = DEFAULT_BUDGETS[device]
     values = {name: value for name, value in overrides.items() if value is not None}
-    return Budget(**{**defaults.__dict__, **values})
+    count_slow_calls = not any(name in values for name in USER_COUNTS)
+    return Budget(**{**defaults.__dict__, **values, "count_slow_calls": count_slow_calls})
 
 
 class CpuTimer:
@@ -110,6 +128,7 @@ def timer_for(device: str) -> Timer:
 class Warmup:
     iterations: int
     seconds: float
+    slow: bool = False  # ended early: its calls took SLOW_CALL_SECONDS or more
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,7 @@ class Latency:
     samples_ms: np.ndarray
     measure_seconds: float
     stability_reached: bool | None
+    slow: bool = False  # ended at SLOW_CALLS calls: its calls took SLOW_CALL_SECONDS or more
 
     @property
     def iterations(self) -> int:
@@ -154,13 +174,16 @@ Progress = Callable[[str, int, float], None]  # (phase, calls done, seconds elap
 
 
 def warm_up(call: Callable[[], object], budget: Budget, timer: Timer, on_progress: Progress | None = None) -> Warmup:
-    """Run `call` at least `warmup_iters` times and at least `warmup_seconds`."""
+    """Run `call` at least `warmup_iters` times and at least `warmup_seconds`; slow calls: SLOW_WARMUP_CALLS."""
     done, start = 0, time.perf_counter()
+    slow_calls = max(1, min(SLOW_WARMUP_CALLS, budget.warmup_iters))
     while done < budget.warmup_iters or time.perf_counter() - start < budget.warmup_seconds:
-        timer.time_ms(call)
+        call_ms = timer.time_ms(call)
         done += 1
         if on_progress:
             on_progress("warmup", done, time.perf_counter() - start)
+        if budget.is_slow(call_ms) and done >= slow_calls:
+            return Warmup(iterations=done, seconds=time.perf_counter() - start, slow=True)
     return Warmup(iterations=done, seconds=time.perf_counter() - start)
 
 
@@ -188,7 +211,8 @@ def _time_calls(call: Callable[[], object], budget: Budget, timer: Timer, on_pro
         elapsed = time.perf_counter() - start
         if on_progress:
             on_progress("measuring", len(samples), elapsed)
-        if len(samples) < budget.min_iters or elapsed < budget.min_seconds:
+        slow = len(samples) >= SLOW_CALLS and budget.is_slow(float(np.median(samples)))
+        if (len(samples) < budget.min_iters or elapsed < budget.min_seconds) and not slow:
             continue
         if budget.target_spread is None:
             break
@@ -196,7 +220,8 @@ def _time_calls(call: Callable[[], object], budget: Budget, timer: Timer, on_pro
             target_met = relative_spread(np.asarray(samples)) <= budget.target_spread
             if target_met or elapsed >= budget.max_seconds:
                 break
-    return Latency(np.asarray(samples), time.perf_counter() - start, target_met)
+    reduced = slow and (len(samples) < budget.min_iters or elapsed < budget.min_seconds)
+    return Latency(np.asarray(samples), time.perf_counter() - start, target_met, slow=reduced)
 
 
 @dataclass(frozen=True)
@@ -205,6 +230,7 @@ class BackToBack:
 
     iterations: int
     total_ms: float
+    slow: bool = False  # SLOW_CALLS calls: the per-call phase's calls took SLOW_CALL_SECONDS or more
 
     def summary(self, batch_size: int) -> dict[str, float | int]:
         return {
@@ -215,7 +241,10 @@ class BackToBack:
 
 
 def back_to_back_iterations(budget: Budget, mean_ms: float) -> int:
-    """Calls lasting about min(min_seconds, BACK_TO_BACK_MAX_SECONDS) at the mean; at least BACK_TO_BACK_MIN_CALLS."""
+    """Calls lasting about min(min_seconds, BACK_TO_BACK_MAX_SECONDS) at the mean; at least BACK_TO_BACK_MIN_CALLS;
+    SLOW_CALLS for slow calls."""
+    if budget.is_slow(mean_ms):
+        return SLOW_CALLS
     seconds = min(budget.min_seconds, BACK_TO_BACK_MAX_SECONDS)
     return max(BACK_TO_BACK_MIN_CALLS, math.ceil(seconds * 1000.0 / mean_ms) if mean_ms > 0 else 1)
 
@@ -224,12 +253,24 @@ def time_back_to_back(
     call: Callable[[], object], budget: Budget, latency: Latency, timer: Timer, on_progress: Progress | None = None
 ) -> BackToBack:
     """Time N calls in a row (N from the per-call phase's mean), GC paused as in `time_calls`."""
-    iterations = back_to_back_iterations(budget, float(latency.samples_ms.mean()))
+    mean_ms = float(latency.samples_ms.mean())
+    iterations = back_to_back_iterations(budget, mean_ms)
     if on_progress:
         on_progress("throughput", 0, 0.0)
     gc.collect()
     gc.disable()
     try:
-        return BackToBack(iterations, timer.time_many_ms(call, iterations))
+        return BackToBack(iterations, timer.time_many_ms(call, iterations), slow=budget.is_slow(mean_ms))
     finally:
         gc.enable()
+
+
+def reduced_counts(warmup: Warmup, latency: Latency, back_to_back: BackToBack) -> str | None:
+    """Why a row's call counts are below the budget's (slow calls), in words; None when they are not."""
+    if not (warmup.slow or latency.slow or back_to_back.slow):
+        return None
+    mean_ms = float(latency.samples_ms.mean())
+    return (
+        f"calls of {mean_ms / 1000.0:.2f} s (>= {SLOW_CALL_SECONDS:g} s) counted, not timed for seconds: "
+        f"{warmup.iterations} warm-up, {latency.iterations} timed, {back_to_back.iterations} back-to-back"
+    )

@@ -129,6 +129,7 @@ def _run(spec: CellSpec, chain: list, result: CellResult, report: OnProgress) ->
         result.update(noise.read())  # both phases: throughput_sps, which verdicts use, is the back-to-back one
     result.update(latency.summary(spec.batch_size))
     result.update(back_to_back.summary(spec.batch_size))
+    result.reduced_counts = measure.reduced_counts(warmup, latency, back_to_back)
     result.update(memory.read())
     samples = latency.iterations * spec.batch_size
     joules = energy_read["energy_j"]
