@@ -75,8 +75,9 @@ def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--weights",
         default="auto",
-        help="auto (hub cache or random, never downloads) | pretrained | random | synthetic (random, BatchNorm "
-        "statistics re-estimated: logits depend on the input) | PATH",
+        help="auto (default: the torchvision checkpoint in the hub cache, else synthetic; never downloads) | "
+        "pretrained | synthetic (seeded random init, BatchNorm statistics re-estimated: logits depend on the input) "
+        "| random (seeded init as is: nearly the same logits for any input) | PATH",
     )
     add("--warmup", dest="warmup_iters", type=int, help="minimum warm-up calls (device default if unset)")
     add("--warmup-seconds", type=float, help="minimum warm-up seconds")

@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 
 from shared.errors import OptbenchError, one_line
-from shared.models import MODULE, TIMM, TIMM_REQUIREMENT, TORCHVISION, ModelSpec, check_input_shape, shape_text
+from shared.models import FILE, MODULE, TIMM, TIMM_REQUIREMENT, TORCHVISION, ModelSpec, check_input_shape, shape_text
 
 if TYPE_CHECKING:
     from shared.spec import CellSpec
@@ -73,11 +73,12 @@ def cached_checkpoint(name: str) -> tuple[object, str] | None:
 def build_model(spec: CellSpec) -> BuiltModel:
     """The cell's fp32 model in eval mode on the CPU, checked to run on one sample of its input shape.
 
-    weights: `auto` (torchvision's pretrained checkpoint if it is in the hub cache, else random init; never
-    downloads), `pretrained` (torchvision or timm download it if needed), `random`, `synthetic` (random
-    init whose BatchNorm statistics are re-estimated at the input shape, see `reestimate_batchnorm`), or a
-    state-dict path. Random init is seeded, so `random(seed=0)` is the same model on every host. A model
-    that can't be built, or fails on its input, raises ModelError in one line.
+    weights: `auto` (torchvision's pretrained checkpoint if it is in the hub cache, else `synthetic`; a
+    factory's model as the factory builds it, which may load its own weights; never downloads), `pretrained`
+    (torchvision or timm download it if needed), `random`, `synthetic` (random init whose BatchNorm
+    statistics are re-estimated at the input shape, see `reestimate_batchnorm`), or a state-dict path.
+    Random init is seeded, so `random(seed=0)` is the same model on every host. A model that can't be
+    built, or fails on its input, raises ModelError in one line.
     """
     model_spec = spec.model_spec
     builder, source, code_file = _builder(model_spec)
@@ -96,9 +97,12 @@ def build_model(spec: CellSpec) -> BuiltModel:
         raise ModelError(f"model {model_spec.text} returned a {type(model).__name__}, not a torch.nn.Module")
     model.eval()
     label = f"pretrained:{_pretrained_name(model_spec, model)}" if pretrained else f"random(seed={spec.seed})"
+    factory_made = weights == "auto" and model_spec.kind in (MODULE, FILE)
+    if factory_made:  # its own weights, perhaps trained: left as built
+        label = f"as built by the factory (torch seed {spec.seed})"
     sample_shape = spec.input_shape or _declared_shape(builder) or (3, spec.image_size, spec.image_size)
     model, output = first_tensor_output(model, model_spec.text, sample_shape)
-    if weights == "synthetic":
+    if weights == "synthetic" or (weights == "auto" and not (pretrained or factory_made)):
         layers = reestimate_batchnorm(model, sample_shape, spec.seed + SYNTHETIC_SEED_OFFSET)
         label = f"synthetic(seed={spec.seed}, bn_stats={SYNTHETIC_SAMPLES} samples at {shape_text(sample_shape)})"
         label += "" if layers else ", no BatchNorm"
