@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         raise OptbenchError(f"running a cell needs the worker side ({exc}): pip install '.[worker]'") from None
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     with _stdout_to_stderr():
-        output = build_model(spec).fields() if check_model else run_cell(spec).to_dict()
+        output = build_model(spec, run_once=True).fields() if check_model else run_cell(spec).to_dict()
     print(json.dumps(output))
     return 0
 

@@ -70,7 +70,7 @@ def cached_checkpoint(name: str) -> tuple[object, str] | None:
     return (default, path) if os.path.isfile(path) else None
 
 
-def build_model(spec: CellSpec) -> BuiltModel:
+def build_model(spec: CellSpec, run_once: bool | None = None) -> BuiltModel:
     """The cell's fp32 model in eval mode on the CPU, checked to run on one sample of its input shape.
 
     weights: `auto` (torchvision's pretrained checkpoint if it is in the hub cache, else `synthetic`; a
@@ -79,6 +79,10 @@ def build_model(spec: CellSpec) -> BuiltModel:
     statistics are re-estimated at the input shape, see `reestimate_batchnorm`), or a state-dict path.
     Random init is seeded, so `random(seed=0)` is the same model on every host. A model that can't be
     built, or fails on its input, raises ModelError in one line.
+
+    `run_once`: run the model on one sample first, to check its input shape and find its output's first tensor.
+    By default only where that can be in doubt: a factory's model, or a zoo model given kwargs or an input
+    shape (a torchvision or timm classifier in eval mode returns one tensor at any image size).
     """
     model_spec = spec.model_spec
     builder, source, code_file = _builder(model_spec)
@@ -101,7 +105,9 @@ def build_model(spec: CellSpec) -> BuiltModel:
     if factory_made:  # its own weights, perhaps trained: left as built
         label = f"as built by the factory (torch seed {spec.seed})"
     sample_shape = spec.input_shape or _declared_shape(builder) or (3, spec.image_size, spec.image_size)
-    model, output = first_tensor_output(model, model_spec.text, sample_shape)
+    if run_once is None:
+        run_once = not model_spec.is_zoo or bool(spec.model_kwargs) or spec.input_shape is not None
+    model, output = first_tensor_output(model, model_spec.text, sample_shape) if run_once else (model, "tensor")
     if weights == "synthetic" or (weights == "auto" and not (pretrained or factory_made)):
         layers = reestimate_batchnorm(model, sample_shape, spec.seed + SYNTHETIC_SEED_OFFSET)
         label = f"synthetic(seed={spec.seed}, bn_stats={SYNTHETIC_SAMPLES} samples at {shape_text(sample_shape)})"

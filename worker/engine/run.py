@@ -155,9 +155,9 @@ def _prepare(
     built = build_model(spec)
     result.update(built.fields())
     fp32 = Prepared(built.model.to(device), device, built.sample_shape)
-    result.model_gflops = gflops_per_sample(fp32.model, fp32.inputs(1, seed=spec.seed))  # before steps change it
     probe = [fp32.inputs(spec.batch_size, seed=spec.seed + 1 + i) for i in range(probe_chunks(spec.batch_size))]
     reference = run_probe(fp32.model, probe)
+    result.model_gflops = gflops_per_sample(fp32.model, fp32.inputs(1, seed=spec.seed))  # before steps change it
 
     report("optimizing")
     with _stopwatch() as apply_seconds:
