@@ -1,7 +1,8 @@
 """`python -m results compare A B`: is sweep B faster or slower than sweep A, cell by cell?
 
 A and B are sweep ids (their `<results dir>/<id>_runs.csv`) or paths to runs CSVs. The cells both
-sweeps share (same model, optimization, batch size and image size) are compared on their ok runs.
+sweeps share (same model, model kwargs and input shape, optimization, batch size and image size) are
+compared on their ok runs.
 The runs of two sweeps are not blocks of one another (different rounds, perhaps different machines),
 so each ratio B/A is unpaired: Welch's t on the log values (see results/stats.py). Verdicts are the
 four of a sweep (faster, slower, equivalent, inconclusive), and like a sweep's they share the stated
@@ -37,7 +38,7 @@ from shared.cli import OneLineParser, add_results_arguments, one_line_errors
 from shared.errors import OptbenchError
 
 PROG = "python -m results compare"
-KEYS = ("model", "optimization", "batch_size", "image_size")
+KEYS = ("model", "model_kwargs", "input_shape", "optimization", "batch_size", "image_size")
 GEOMETRIC_MEAN = "geometric mean"
 COLUMNS = (
     "cell_id",
@@ -74,11 +75,26 @@ def _numeric(runs: pd.DataFrame, column: str) -> pd.Series:
 
 def _ok_cells(runs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
     """The ok runs of each cell, by cell key, in order of first appearance."""
-    missing = [c for c in ("status", *KEYS) if c not in runs.columns]
+    missing = [c for c in ("status", *KEYS) if c not in runs.columns and c not in MODEL_KEYS]
     if missing:
         raise CompareError(f"runs CSV lacks the columns {', '.join(missing)}")
-    ok = usable_runs(runs)
+    ok = _with_model_keys(usable_runs(runs))
     return {key: group for key, group in ok.groupby(list(KEYS), sort=False, dropna=False)}
+
+
+MODEL_KEYS = ("model_kwargs", "input_shape")  # what else makes two cells the same model (newer rows only)
+
+
+def _with_model_keys(runs: pd.DataFrame) -> pd.DataFrame:
+    """The model keys as rows before them meant them: no kwargs, and 3 x image size x image size."""
+
+    def text(column: str) -> pd.Series:  # all-NaN columns read from a CSV are floats: text first, then fill
+        values = runs[column] if column in runs.columns else pd.Series(None, index=runs.index)
+        return values.astype(object).where(values.notna(), None)
+
+    size = runs["image_size"].astype(str)
+    kwargs = text("model_kwargs").fillna("").astype(str)
+    return runs.assign(model_kwargs=kwargs, input_shape=text("input_shape").fillna("3x" + size + "x" + size))
 
 
 def _first(runs: pd.DataFrame, column: str) -> object:
@@ -164,7 +180,10 @@ def compare(
     cells_a, cells_b = _ok_cells(runs_a), _ok_cells(runs_b)
     shared = [key for key in cells_a if key in cells_b]
     if not shared:
-        raise CompareError("the two sweeps share no cell with ok runs (same model, optimization, batch and image size)")
+        raise CompareError(
+            "the two sweeps share no cell with ok runs (same model, kwargs, input shape, optimization, batch and "
+            "image size)"
+        )
     per_cell = 1 - (1 - confidence) / len(shared)
     rows = [_cell_row(key, cells_a[key], cells_b[key], min_effect, per_cell) for key in shared]
     table = pd.DataFrame(rows, columns=list(COLUMNS))

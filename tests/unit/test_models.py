@@ -7,7 +7,7 @@ import pytest
 
 from producer.sweep import SweepRequest, parse_cell_ids, plan
 from results.collect import cells_frame
-from results.compare import model_code_difference
+from results.compare import CompareError, compare, model_code_difference
 from shared.errors import OptbenchError
 from shared.models import (
     FILE,
@@ -149,6 +149,7 @@ def model_runs(hashes: dict[str, str]) -> pd.DataFrame:
         [
             {"sweep_id": "s", "cell_id": "baseline@bs1", "run_id": f"baseline@bs1#{i}", "repeat": i, "status": "ok",
              "worker": worker, "model": "pkg.net:build", "model_sha256": sha, "throughput_sps": 100.0 + i,
+             "latency_ms_p50": 10.0 - i / 10,
              "optimization": "baseline", "batch_size": 1, "image_size": 32, "device": "cpu", "device_name": "cpu"}
             for i, (worker, sha) in enumerate(hashes.items(), start=1)
         ]
@@ -170,3 +171,13 @@ def test_compare_says_when_two_sweeps_measured_different_model_code():
     assert model_code_difference(a, a) is None
     warning = model_code_difference(a, b)
     assert "different model code" in warning and "pkg.net:build (A: aaaaaaaaaaaa; B: bbbbbbbbbbbb)" in warning
+
+
+def test_compare_pairs_cells_of_the_same_model_kwargs_and_input_shape_only():
+    new = model_runs({"cpu@a": "a" * 64, "cpu@b": "a" * 64}).assign(input_shape="3x32x32")
+    old = new.drop(columns=["model_sha256", "input_shape"])  # rows from before model kwargs and input shapes
+    assert list(compare(old, new)["cell_id"]) == ["baseline@bs1", "geometric mean"]  # 32 px: 3x32x32
+    with pytest.raises(CompareError, match="share no cell"):
+        compare(old, new.assign(model_kwargs='{"num_classes": 10}'))
+    with pytest.raises(CompareError, match="share no cell"):
+        compare(old, new.assign(input_shape="1x32x32"))
