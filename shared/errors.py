@@ -5,7 +5,8 @@ class OptbenchError(Exception):
     """Bad input or a missing prerequisite: CLIs print it as one line and exit 2."""
 
 
-def one_line(exc: BaseException, limit: int = 500) -> str:
-    """An exception's message on one line, at most `limit` characters (its type's name when it has none)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+def one_line(said: BaseException | str, limit: int = 500) -> str:
+    """An exception's message (or a text) on one line, at most `limit` characters; an exception with no message
+    gives its type's name."""
+    text = " ".join(str(said).split()) or type(said).__name__
     return text[:limit]

@@ -144,7 +144,7 @@ def check_model(self, spec: dict, timeout: float) -> dict:
     said = [line for line in done.stderr.splitlines() if line.startswith("python -m worker.cell: error: ")]
     error = said[-1].split(": error: ", 1)[1] if said else f"exit status {done.returncode}: {done.stderr[-300:]}"
     log.info("model check of %s on %s failed: %s", spec.get("model"), worker, error)
-    return ModelCheck(worker, False, one_line(Exception(error))).to_dict()
+    return ModelCheck(worker, False, one_line(error)).to_dict()
 
 
 def _envelope(task, kwargs: dict[str, Any], result: CellResult, **extra: Any) -> dict:

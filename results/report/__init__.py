@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from results.ranking import rank_all
-from results.recommend import Constraints
+from results.recommend import Constraints, recommend
 from results.report.citations import CONFIDENCE, Citations
 from results.report.environment import environment_section, not_measured_section
 from results.report.load import load_cells, load_runs, measured
@@ -50,13 +50,15 @@ def write_report(cells_csv: Path, runs_csv: Path, out_dir: Path, min_effect: flo
     plots = write_plots(done, out_dir) if len(done) else []
     groups = sorted(done["group"].unique())
     several_models = cells["model"].nunique() > 1
-    findings = [models_section(done, runs, cite, Constraints()) if several_models else ""]
+    constraints = Constraints()  # the defaults of `python -m results recommend`
+    answers = {group: recommend(done[done["group"] == group], runs, constraints, min_effect) for group in groups}
+    findings = [models_section(done, answers, cite, constraints) if several_models else ""]
     for group in groups:  # one group per model and per device (`--gpu-model any`)
         on_device = done[done["group"] == group]
         rankings = rank_all(on_device, runs, min_effect, CONFIDENCE)
         findings += [(f"# {group}" if several_models else f"# On {group}") if len(groups) > 1 else ""]
         findings += [
-            ship_section(on_device, runs, cite, Constraints()),
+            ship_section(answers[group], cite),
             versus_baseline_section(on_device, cite),
             best_section(rankings, cite, min_effect),
             fidelity_section(on_device, rankings, cite),

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from results.recommend import MAY_HOLD, NOT_JUDGED, UNITS, Check, Constraints, Loss, Recommendation, recommend
+from results.recommend import MAY_HOLD, NOT_JUDGED, UNITS, Check, Constraints, Loss, Recommendation
 from results.report.citations import Citations
 from results.stats import Verdict
 
 
-def ship_section(on_device: pd.DataFrame, runs: pd.DataFrame, cite: Citations, constraints: Constraints) -> str:
-    answer = recommend(on_device, runs, constraints, cite.min_effect)
+def ship_section(answer: Recommendation, cite: Citations) -> str:
+    """The recommendation for one group of cells (one model on one device), every number cited."""
+    constraints = answer.constraints
     lines = [
         "## What to ship",
         "",
@@ -35,9 +36,11 @@ def ship_section(on_device: pd.DataFrame, runs: pd.DataFrame, cite: Citations, c
     return "\n".join(lines)
 
 
-def models_section(done: pd.DataFrame, runs: pd.DataFrame, cite: Citations, constraints: Constraints) -> str:
+def models_section(
+    done: pd.DataFrame, answers: dict[str, Recommendation], cite: Citations, constraints: Constraints
+) -> str:
     """A sweep of several models: the cell to ship for each model (and device), side by side, each against its
-    own model's baseline."""
+    own model's baseline (`answers`: the recommendation of each group)."""
     lines = [
         "## Best cell per model",
         "",
@@ -49,7 +52,7 @@ def models_section(done: pd.DataFrame, runs: pd.DataFrame, cite: Citations, cons
     ]
     for group in sorted(done["group"].unique()):
         on_device = done[done["group"] == group]
-        answer = recommend(on_device, runs, constraints, cite.min_effect)
+        answer = answers[group]
         first = str(on_device.index[0])
         size = cite.quote(first, "model_params", 0) if pd.notna(on_device["model_params"].iloc[0]) else "?"
         flops = cite.quote(first, "model_gflops", 3) if pd.notna(on_device["model_gflops"].iloc[0]) else "?"

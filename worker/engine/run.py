@@ -221,7 +221,7 @@ def failure_text(exc: BaseException) -> str:
         if where := RAISING_CALL.search(str(cause)):
             place = f"{os.path.basename(where['file'])}:{where['line']} in {where['function']}"
             text += f" (raised at {place}: {where['code'].strip()})"
-    return one_line(Exception(step + text))
+    return one_line(step + text)
 
 
 # cuBLAS, cuDNN, cuFFT, cuSOLVER, cuSPARSE failing to allocate their workspace: also out of GPU memory.
