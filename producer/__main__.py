@@ -19,6 +19,7 @@ from producer.sweep import (
     AUTO,
     DEFAULT_OPTIMIZATIONS,
     DEFAULT_REPEATS,
+    DEFAULT_TIME_BUDGETS,
     SweepRequest,
     create,
     gpu_queue_for,
@@ -26,6 +27,7 @@ from producer.sweep import (
     parse_cell_ids,
     parse_list,
     parse_repeats,
+    parse_time_budget,
     plan,
     rerun,
     resolve_device,
@@ -97,7 +99,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
         cell_options={name: getattr(args, name) for name in CELL_OPTIONS if getattr(args, name) not in (None, {})},
         repeats=parse_repeats(args.repeats),
         max_repeats=args.max_repeats,
-        time_budget=args.time_budget,
+        time_budget=parse_time_budget(args.time_budget) if args.time_budget is not None else None,
         order_seed=args.order_seed,
     )
     # Bad input fails here, before any connection or service starts (cells validate alike on any device).
@@ -124,7 +126,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
         cells = len(sweep.cell_ids())
         more = (
             f"; then more rounds for undecided cells only, up to {request.max_repeats} runs per cell"
-            + (f" or {request.time_budget:g} s" if request.time_budget else "")
+            + (f", no round starting after {budget:g} s" if (budget := sweep.spec["time_budget"]) else "")
             if request.repeats == AUTO
             else ""
         )
@@ -286,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_REPEATS,
         help=f"with --repeats auto: the most rounds a cell gets (default {DEFAULT_MAX_REPEATS})",
     )
-    sweep.add_argument("--time-budget", type=float, help="with --repeats auto: seconds after which no new round starts")
+    sweep.add_argument(
+        "--time-budget",
+        help="with --repeats auto: seconds after which no new round starts, or none (default: "
+        f"{DEFAULT_TIME_BUDGETS['cpu']:g} for a CPU sweep, none for a GPU sweep)",
+    )
     sweep.add_argument("--order-seed", type=int, help="seed of the per-round shuffle (default: random, recorded)")
     sweep.add_argument("--name", help="a label kept with the sweep")
     sweep.add_argument(

@@ -35,6 +35,10 @@ DEFAULT_REPEATS = AUTO
 FIRST_ROUNDS = 3  # rounds every cell of an `auto` sweep runs before its first verdict
 DEFAULT_OPTIMIZATIONS = ("baseline", "fp16", "prune", "dynamic_quant", "torchscript")
 DEFAULT_BATCH_SIZES = {"cuda": (1, 2, 4, 8, 16), "cpu": (1, 2, 4)}  # the CPU set finishes in minutes
+# An `auto` sweep's default --time-budget: on a CPU box the first sweep ends in minutes (its 3 first rounds always
+# run; later rounds only start while they end within it); a GPU host's rounds take seconds a run: no default.
+DEFAULT_TIME_BUDGETS: dict[str, float | None] = {"cuda": None, "cpu": 300.0}
+NO_BUDGET = "none"
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class SweepRequest:
     cell_options: dict[str, Any] = field(default_factory=dict)
     repeats: int | str = DEFAULT_REPEATS  # a number of rounds, or "auto": until decided
     max_repeats: int = DEFAULT_MAX_REPEATS  # with "auto": the most rounds a cell gets
-    time_budget: float | None = None  # with "auto": seconds after which no new round starts
+    time_budget: float | str | None = None  # with "auto": seconds after which no new round starts; None: the
+    # device's default (DEFAULT_TIME_BUDGETS), "none": no budget
     order_seed: int | None = None  # None: drawn at random and recorded in the sweep
     models: tuple[str, ...] | None = None  # model specs; None: cell_options' model, else CellSpec's default
 
@@ -74,6 +79,23 @@ def parse_repeats(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise OptbenchError(f"repeats must be auto or a whole number of runs per cell (got {text!r})") from None
+
+
+def parse_time_budget(text: str) -> float | str:
+    """Seconds, or `none` (no time budget)."""
+    if text.strip() == NO_BUDGET:
+        return NO_BUDGET
+    try:
+        return float(text)
+    except ValueError:
+        raise OptbenchError(f"time budget must be seconds or none (got {text!r})") from None
+
+
+def time_budget_for(request: SweepRequest, device: str) -> float | None:
+    """The sweep's time budget in seconds: the one asked for, else the device's default; None: no budget."""
+    if request.time_budget is None:
+        return DEFAULT_TIME_BUDGETS[device]
+    return None if request.time_budget == NO_BUDGET else float(request.time_budget)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -167,8 +189,10 @@ def plan(request: SweepRequest, device: str) -> dict[str, CellSpec]:
     if isinstance(max_repeats, bool) or not isinstance(max_repeats, int) or not 2 <= max_repeats <= MAX_REPEATS:
         raise OptbenchError(f"max repeats must be an integer between 2 and {MAX_REPEATS} (got {max_repeats!r})")
     budget = request.time_budget
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
-        raise OptbenchError(f"time budget must be a positive number of seconds (got {budget!r})")
+    if budget not in (None, NO_BUDGET) and (
+        isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf")
+    ):
+        raise OptbenchError(f"time budget must be a positive number of seconds or none (got {budget!r})")
     batch_sizes = request.batch_sizes if request.batch_sizes is not None else DEFAULT_BATCH_SIZES[device]
     if not batch_sizes:
         raise OptbenchError("the sweep has no batch sizes")
@@ -254,7 +278,7 @@ def create(
             "repeats": request.repeats,
             "rounds": rounds,
             "max_repeats": request.max_repeats if request.repeats == AUTO else request.repeats,
-            "time_budget": request.time_budget,
+            "time_budget": time_budget_for(request, device) if request.repeats == AUTO else None,
             "order_seed": seed,
         },
         runs=runs,

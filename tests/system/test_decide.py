@@ -41,6 +41,7 @@ ARGS = [
     "--weights", "random", "--warmup", "1", "--warmup-seconds", "0", "--min-iters", "3", "--min-seconds", "0.3",
     "--prune-amount", "0.9",
     "--optimizations", "baseline,aa_control,prune_structured", "--repeats", "auto", "--max-repeats", "4",
+    "--time-budget", "none",
 ]  # fmt: skip
 # Busy half the time, in 5 ms slices: the cells' threads wait for a CPU well over 10% of the time (contended),
 # without the tens-fold slowdown a neighbour that never sleeps inflicts on two OpenMP threads.

@@ -165,7 +165,8 @@ def test_two_sweeps_at_once_keep_their_cells_and_rows_apart(app, redis_client, w
         (["--repeats", "three"], "repeats must be auto or a whole number of runs per cell (got 'three')"),
         (["--max-repeats", "1"], "max repeats must be an integer between 2 and 100 (got 1)"),
         (["--max-repeats", "x"], "argument --max-repeats: invalid int value: 'x'"),
-        (["--time-budget", "0"], "time budget must be a positive number of seconds (got 0.0)"),
+        (["--time-budget", "0"], "time budget must be a positive number of seconds or none (got 0.0)"),
+        (["--time-budget", "soon"], "time budget must be seconds or none (got 'soon')"),
         (["--optimizations", "fp16 + bf16"], "optimization 'fp16 + bf16' sets the precision twice"),
         (["--optimizations", "fp16+channels_last,fp16 + channels_last"], "duplicate optimization fp16+channels_last"),
     ],
@@ -209,6 +210,15 @@ def test_names_with_spaces_are_normalized_so_their_cells_can_be_rerun_by_name():
     [cell] = plan(SweepRequest(optimizations=(" fp16 + channels_last ",), batch_sizes=(1,), repeats=1), "cpu").values()
     assert cell.optimization == "fp16+channels_last" and cell.cell_id == "fp16+channels_last@bs1"
     assert parse_cell_ids("fp16 + channels_last@bs1,fp16@bs2#3") == ("fp16+channels_last@bs1", "fp16@bs2#3")
+
+
+def test_an_auto_sweep_on_a_cpu_has_a_time_budget_by_default_and_none_on_a_gpu_or_when_asked():
+    from producer.sweep import DEFAULT_TIME_BUDGETS, parse_time_budget, time_budget_for
+
+    assert time_budget_for(SweepRequest(), "cpu") == DEFAULT_TIME_BUDGETS["cpu"] == 300.0
+    assert time_budget_for(SweepRequest(), "cuda") is None
+    assert time_budget_for(SweepRequest(time_budget=parse_time_budget("none")), "cpu") is None
+    assert time_budget_for(SweepRequest(time_budget=parse_time_budget("90")), "cuda") == 90.0
 
 
 def test_runs_are_enqueued_round_by_round_in_an_order_shuffled_per_round_from_the_recorded_seed():

@@ -34,7 +34,7 @@ import torch
 
 SPREAD_CHECK_EVERY = 10  # timed calls between two checks of the spread gate
 BACK_TO_BACK_MAX_SECONDS = 1.0  # the back-to-back phase lasts about this long at most (estimated)
-BACK_TO_BACK_MIN_CALLS = 10  # ... and makes at least this many calls
+BACK_TO_BACK_MIN_CALLS = 5  # ... and makes at least this many calls
 SLOW_CALL_SECONDS = 0.5  # a call this long or longer is its own measurement: counted, not timed for seconds
 SLOW_WARMUP_CALLS = 2  # warm-up calls of slow calls
 SLOW_CALLS = 3  # timed calls, and back-to-back calls, of slow calls
@@ -56,7 +56,7 @@ class Budget:
 
 # Sized so a CPU cell of DenseNet-121 takes seconds, and a GPU cell gathers enough calls for a p99.
 DEFAULT_BUDGETS = {
-    "cpu": Budget(warmup_iters=2, warmup_seconds=1.0, min_iters=5, min_seconds=2.0),
+    "cpu": Budget(warmup_iters=2, warmup_seconds=0.5, min_iters=5, min_seconds=2.0),
     "cuda": Budget(warmup_iters=10, warmup_seconds=2.0, min_iters=100, min_seconds=5.0),
 }
 

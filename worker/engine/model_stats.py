@@ -14,6 +14,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from shared.result import MIB
 
 FIDELITY_MIN_SAMPLES = 8
+# zlib's fastest level: it shows what pruning's zeros save as level 6 does (DenseNet-121 with half its conv
+# weights zeroed: 19.6 MB at level 1, 18.3 MB at 6) in 1.0 s rather than 2.6 s of every run on a CPU.
+ZLIB_LEVEL = 1
 
 
 def weight_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
@@ -42,14 +45,15 @@ def size_stats(model: nn.Module) -> dict[str, float | int]:
 
 
 def serialized_size(stored: nn.Module | bytes) -> dict[str, float]:
-    """Bytes on disk, dense and zlib-compressed (level 6): a model's `torch.save(state_dict)`, or a file's bytes."""
+    """Bytes on disk, dense and zlib-compressed (level ZLIB_LEVEL): a model's `torch.save(state_dict)`, or a file's
+    bytes."""
     if isinstance(stored, nn.Module):
         buffer = io.BytesIO()
         torch.save(stored.state_dict(), buffer)
         stored = buffer.getvalue()
     return {
         "model_size_mb": len(stored) / MIB,
-        "model_size_compressed_mb": len(zlib.compress(stored, 6)) / MIB,
+        "model_size_compressed_mb": len(zlib.compress(stored, ZLIB_LEVEL)) / MIB,
     }
 
 
