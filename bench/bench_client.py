@@ -1,201 +1,191 @@
-"""Client benchmark: the producer's start-up, `status` and enqueue rate, before the client/worker split and after.
+"""Client benchmark at fleet scale: enqueue, `status` and `collect` of sweeps of 5,000 and 50,000 runs. Not a test.
 
-The code before the split (commit 215f276) is checked out into a temporary git worktree and runs with
-this venv; both trees talk to one private Redis with no workers, so nothing consumes what is enqueued
-(the queued messages are deleted after each measurement). Not a test.
+For each size and broker (Redis; RabbitMQ with publisher confirms), with no worker online:
+1. enqueue: `producer.sweep.create` (the producer's own path: validate the cells, save the manifest, send one
+   message per run) of a sweep of `runs` runs (cells x 5 rounds of a small model); its rate in runs/s.
+2. The queued messages are purged and every run gets a stored result, written as a worker stores it (Celery's
+   SUCCESS meta holding the task contract's envelope around a cell row). The row is a real one, measured
+   in-process at start-up (`worker.engine.run.run_cell`), its speed figures scaled per run so that the cells
+   differ and some runs fail.
+3. `python -m producer status` and `python -m results collect` on it, each a subprocess with torch unimportable
+   (as on a client-only machine): wall time, and peak RSS from the child's rusage.
 
-    python -m bench.bench_client [--times 5] [--enqueue-times 3]
+Targets (issue 22): status <= 1 s at 5,000 runs and <= 3 s at 50,000; collect <= 3 s and <= 20 s; enqueue
+>= 3,000 runs/s on Redis and >= 2,000 runs/s on RabbitMQ. Results stay in Redis for both brokers, so status and
+collect are measured once per size.
+
+    python -m bench.bench_client [--sizes 5000,50000] [--brokers redis,rabbitmq] [--times 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import datetime
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from producer.sweep import SweepRequest, create
+from shared import keys
+from shared.celery_app import app, use_services
 from shared.connection import connect
-from shared.processes import free_port
-from shared.services import private_redis
+from shared.contract import Envelope
+from shared.services import private_rabbitmq, private_redis
+from shared.spec import CellSpec
+from tests.conftest import TINY_CELL_OPTIONS, service_env
 from tests.system.test_client_without_torch import SITECUSTOMIZE
 
 REPO = Path(__file__).resolve().parents[1]
-BEFORE_SPLIT = "215f276"
-OPTIMIZATIONS = (
-    "baseline",
-    "fp16",
-    "bf16",
-    "channels_last",
-    "prune",
-    "prune_structured",
-    "dynamic_quant",
-    "torchscript",
-    "compile",
-    "fp16+channels_last",
-)
-CELL_OPTIONS = {"model": "mobilenet_v3_small", "image_size": 32}
-STATUS_CELLS, ENQUEUE_CELLS = 1_000, 5_000
-
-# Runs in a tree's own interpreter: create one sweep of `cells` cpu cells, time `create` alone, print JSON.
-CREATE_SWEEP = """
-import importlib, json, sys, time
-from producer.sweep import SweepRequest, create
-from shared.connection import connect
-
-app_module, url, cells, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-optimizations, cell_options = json.loads(sys.argv[5]), json.loads(sys.argv[6])
-celery = importlib.import_module(app_module)
-(getattr(celery, "use_services", None) or celery.use_redis)(url)  # renamed after the split
-client = connect(url)
-extra = {"repeats": repeats} if repeats else {}  # the code before the split has one run per cell
-batch_sizes = tuple(range(1, cells // len(optimizations) + 1))
-request = SweepRequest(tuple(optimizations), batch_sizes, "cpu", None, None, cell_options, **extra)
-started = time.perf_counter()
-sweep = create(celery.app, client, request, "cpu", 3600)
-seconds = time.perf_counter() - started
-queues = ("cpu", "gpu", "optbench.cpu", "optbench.gpu")  # queue names before and after they were prefixed
-print(json.dumps({"id": sweep.id, "messages": sum(client.llen(q) for q in queues), "seconds": seconds}))
-"""
+OPTIMIZATIONS = ("baseline", "fp16", "bf16", "channels_last", "prune", "prune_structured", "dynamic_quant",
+                 "torchscript", "compile", "aa_control")  # fmt: skip
+ROUNDS = 5
+FAILED_EVERY = 97  # every 97th run is stored as failed, as real sweeps have some
+STORE_BATCH = 2_000  # results written per Redis pipeline
+TARGETS = {  # (runs, what) -> (limit, "<=" or ">=")
+    (5_000, "status_s"): (1.0, "<="),
+    (50_000, "status_s"): (3.0, "<="),
+    (5_000, "collect_s"): (3.0, "<="),
+    (50_000, "collect_s"): (20.0, "<="),
+    ("redis", "enqueue_per_s"): (3_000.0, ">="),
+    ("rabbitmq", "enqueue_per_s"): (2_000.0, ">="),
+}
 
 
 @dataclass(frozen=True)
-class Tree:
-    """A checkout of the code and how to run its client."""
-
-    label: str
-    root: Path
-    app_module: str  # where its Celery app lives
-    repeats: int  # runs per cell passed to SweepRequest; 0: the API has no repeats
-    blocker: Path | None = None  # a folder whose sitecustomize makes torch unimportable
-    enqueue: bool = True  # time `create` of a 5,000-cell sweep
-
-    def env(self, url: str) -> dict[str, str]:
-        path = [str(self.blocker)] if self.blocker else []
-        return {**os.environ, "OPTBENCH_REDIS_URL": url, "PYTHONPATH": os.pathsep.join([*path, str(self.root)])}
-
-    def run(self, url: str, *args: str) -> subprocess.CompletedProcess:
-        done = subprocess.run(
-            [sys.executable, *args], cwd=self.root, env=self.env(url), capture_output=True, text=True, timeout=600
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{self.label}: {' '.join(args[:4])} exited {done.returncode}: {done.stderr[-2000:]}")
-        return done
+class Timed:
+    seconds: float
+    peak_rss_mb: float
 
 
-@dataclass
-class Row:
-    tree: Tree
-    help_s: list[float]
-    status_s: list[float]
-    enqueue: list[dict] = field(default_factory=list)  # per try: {"id", "cells", "messages", "seconds"}
+def request_for(runs: int) -> SweepRequest:
+    cells = runs // ROUNDS
+    batch_sizes = tuple(range(1, cells // len(OPTIMIZATIONS) + 1))
+    return SweepRequest(OPTIMIZATIONS, batch_sizes, cell_options=TINY_CELL_OPTIONS, repeats=ROUNDS)
 
 
-@contextlib.contextmanager
-def worktree(commit: str) -> Iterator[Path]:
-    """The repository at `commit` in a temporary detached worktree, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="optbench-before-split-") as scratch:
-        path = Path(scratch) / "tree"
-        git = ["git", "-C", str(REPO), "worktree"]
-        subprocess.run([*git, "add", "--detach", str(path), commit], check=True, capture_output=True)
-        try:
-            yield path
-        finally:
-            subprocess.run([*git, "remove", "--force", str(path)], check=True, capture_output=True)
+def measured_row() -> dict:
+    """One real cell row: the tiny model's baseline, measured here."""
+    from worker.engine.run import run_cell
+
+    result = run_cell(CellSpec(optimization="baseline", batch_size=1, device="cpu", **TINY_CELL_OPTIONS))
+    assert result.status == "ok", result.error
+    return result.to_dict()
 
 
-def drop_queued(url: str) -> None:
-    """Delete the messages nobody consumes (and their priority sub-lists, if any)."""
-    client = connect(url)
-    try:
-        patterns = ("cpu*", "gpu*", "optbench.cpu*", "optbench.gpu*")
-        keys = [key for pattern in patterns for key in client.scan_iter(match=pattern)]
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+def store_results(client, backend, sweep, template: dict, seed: int = 0) -> None:
+    """A stored result for every run of `sweep`, as a worker leaves it; the speed figures scaled per run."""
+    rng = np.random.default_rng(seed)
+    done = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    entries = list(sweep.runs.values())
+    factors = rng.lognormal(0.0, 0.2, len(entries))
+    with client.pipeline(transaction=False) as pipe:
+        for index, (entry, factor) in enumerate(zip(entries, factors, strict=True)):
+            row = {**template, **entry.spec, "status": "ok", "host": f"host{index % 16:02d}"}
+            for name in ("throughput_sps", "throughput_sequential_sps"):
+                row[name] = template[name] * factor
+            for name in ("latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99"):
+                row[name] = template[name] / factor
+            if index % FAILED_EVERY == 0:
+                row.update(status="failed", error_type="out_of_memory", error="CUDA out of memory (bench)")
+            envelope = Envelope(sweep.id, entry.cell_id, entry.repeat, entry.attempts, f"optbench@host{index % 16:02d}",
+                                row, tries=1)  # fmt: skip
+            meta = {"status": "SUCCESS", "result": envelope.to_dict(), "traceback": None, "children": [],
+                    "date_done": done, "task_id": entry.task_id}  # fmt: skip
+            pipe.set(backend.get_key_for_task(entry.task_id), backend.encode(meta), ex=3600)
+            if (index + 1) % STORE_BATCH == 0:
+                pipe.execute()
+        pipe.execute()
 
 
-def create_sweep(tree: Tree, url: str, cells: int) -> dict:
-    args = [tree.app_module, url, str(cells), str(tree.repeats), json.dumps(OPTIMIZATIONS), json.dumps(CELL_OPTIONS)]
-    result = json.loads(tree.run(url, "-c", CREATE_SWEEP, *args).stdout.strip().splitlines()[-1])
-    drop_queued(url)
-    return {**result, "cells": cells}
+def purge() -> None:
+    """Drop the messages nobody consumes."""
+    with app.connection_for_write() as connection:
+        for queue in (keys.CPU_QUEUE, keys.GPU_QUEUE):
+            with contextlib.suppress(Exception):  # a queue that was never declared on RabbitMQ
+                connection.default_channel.queue_purge(queue)
 
 
-def wall(tree: Tree, url: str, *args: str) -> float:
+def timed_cli(env: dict[str, str], *command: str) -> Timed:
+    """Wall time and peak RSS of `python -m <command>` as a child process."""
     started = time.perf_counter()
-    tree.run(url, "-m", "producer", *args)
-    return time.perf_counter() - started
+    process = subprocess.Popen([sys.executable, "-m", *command], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    error = process.stderr.read().decode()[-2000:]
+    process.stderr.close()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}: {error}")
+    return Timed(seconds, usage.ru_maxrss / 1024)
 
 
-def measure(trees: list[Tree], url: str, times: int, enqueue_times: int) -> list[Row]:
-    """Interleaved across trees, so that a noisy neighbour lands on each alike."""
-    sweeps = {tree.label: create_sweep(tree, url, STATUS_CELLS)["id"] for tree in trees}
-    rows = {tree.label: Row(tree, [], []) for tree in trees}
-    for _ in range(times):
-        for tree in trees:
-            rows[tree.label].help_s.append(wall(tree, url, "status", "--help"))
-            rows[tree.label].status_s.append(wall(tree, url, "status", "--sweep", sweeps[tree.label]))
-    for _ in range(enqueue_times):
-        for tree in (tree for tree in trees if tree.enqueue):
-            rows[tree.label].enqueue.append(create_sweep(tree, url, ENQUEUE_CELLS))
-    return list(rows.values())
+def enqueue_rate(client, runs: int) -> tuple[float, object]:
+    started = time.perf_counter()
+    sweep = create(app, client, request_for(runs), "cpu", ttl=3600)
+    return len(sweep.runs) / (time.perf_counter() - started), sweep
 
 
-def print_table(rows: list[Row], times: int, enqueue_times: int) -> None:
-    header = (
-        f"{'code':<38} {'status --help':>14} {'status, 1,000 cells':>20} "
-        f"{'enqueue 5,000 cells':>20} {'cells/s':>9} {'messages/s':>11}"
-    )
-    print(
-        f"median of {times} wall times (enqueue: of {enqueue_times}, `create` alone); "
-        "one private Redis, no workers; queued messages deleted after each"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        help_s, status_s = statistics.median(row.help_s), statistics.median(row.status_s)
-        if row.enqueue:
-            seconds, e = statistics.median(e["seconds"] for e in row.enqueue), row.enqueue[0]
-            enqueue = f"{seconds:>18.2f} s {e['cells'] / seconds:>9,.0f} {e['messages'] / seconds:>11,.0f}"
-        else:
-            enqueue = f"{'-':>20} {'-':>9} {'-':>11}"
-        print(f"{row.tree.label:<38} {help_s:>12.2f} s {status_s:>18.2f} s {enqueue}")
-    print(
-        "note: after the split, `status` of a sweep with queued runs asks the workers which queues they serve "
-        "(up to 1 s with none online)"
-    )
+def verdict(key: tuple, value: float) -> str:
+    if key not in TARGETS:
+        return ""
+    limit, sense = TARGETS[key]
+    met = value <= limit if sense == "<=" else value >= limit
+    return f"(target {sense} {limit:,g}: {'met' if met else 'NOT MET'})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--times", type=int, default=5, help="wall times per command (median)")
-    parser.add_argument("--enqueue-times", type=int, default=3, help="5,000-cell sweeps per tree (median)")
+    parser.add_argument("--sizes", default="5000,50000", help="runs per sweep, comma-separated")
+    parser.add_argument("--brokers", default="redis,rabbitmq")
+    parser.add_argument("--times", type=int, default=3, help="wall times of status and collect per size (median)")
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory() as scratch,
-        worktree(BEFORE_SPLIT) as before,
-        private_redis(Path(scratch) / "redis", port=free_port()) as url,
-    ):
-        blocker = Path(scratch) / "no_torch"
+    sizes = [int(size) for size in args.sizes.split(",")]
+    template = measured_row()
+    lines = []
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
+        scratch = Path(folder)
+        url = stack.enter_context(private_redis(scratch / "redis"))
+        blocker = scratch / "no_torch"
         blocker.mkdir()
         (blocker / "sitecustomize.py").write_text(SITECUSTOMIZE)
-        trees = [
-            Tree(f"before split ({BEFORE_SPLIT}), 1 run/cell", before, "worker.app", 0),
-            Tree("after split, repeats=1", REPO, "shared.celery_app", 1),
-            Tree("after split, repeats=1, torch blocked", REPO, "shared.celery_app", 1, blocker, enqueue=False),
-            Tree("after split, repeats=3 (default)", REPO, "shared.celery_app", 3),
-        ]
-        rows = measure(trees, url, args.times, args.enqueue_times)
-    print_table(rows, args.times, args.enqueue_times)
+        for broker_name in args.brokers.split(","):
+            broker = url
+            if broker_name == "rabbitmq":
+                broker = stack.enter_context(private_rabbitmq(scratch / "rabbitmq", 1800))
+            use_services(url, broker)
+            client = connect(url)
+            for runs in sizes:
+                rate, sweep = enqueue_rate(client, runs)
+                purge()
+                lines.append(f"{broker_name:<9} enqueue {runs:>6,} runs: {rate:>7,.0f} runs/s "
+                             f"{verdict((broker_name, 'enqueue_per_s'), rate)}")  # fmt: skip
+                print(lines[-1], flush=True)
+                if broker_name != args.brokers.split(",")[0]:
+                    client.delete(keys.sweep(sweep.id))
+                    continue
+                store_results(client, app.backend, sweep, template)
+                env = service_env(url, broker, OPTBENCH_RESULTS_DIR=str(scratch / "results"))
+                env["PYTHONPATH"] = os.pathsep.join([str(blocker), str(REPO)])
+                for command, what in ((("producer", "status"), "status_s"), (("results", "collect"), "collect_s")):
+                    timings = [timed_cli(env, *command, "--sweep", sweep.id) for _ in range(args.times)]
+                    seconds = statistics.median(t.seconds for t in timings)
+                    rss = max(t.peak_rss_mb for t in timings)
+                    target = verdict((runs, what), seconds)
+                    lines.append(f"{'':<9} {' '.join(command):<16} {runs:>6,} runs: {seconds:>6.2f} s "
+                                 f"(median of {args.times}), peak RSS {rss:,.0f} MB {target}")  # fmt: skip
+                    print(lines[-1], flush=True)
+                client.delete(keys.sweep(sweep.id))
+    print("\nsummary (no worker online; results in Redis; status and collect as torch-free subprocesses):")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -143,6 +143,14 @@ def rounds_to_decide(
         room = min(upper - mean_log, mean_log - lower)
     if room <= 0:
         return None
-    n = np.arange(2, limit + 1)
-    fits = scipy_stats.t.ppf((1 + confidence) / 2, n - 1) * sd_log / np.sqrt(n) < room
+    n, half_widths = _unit_half_widths(float(confidence), limit)
+    fits = half_widths * sd_log < room
     return int(n[np.argmax(fits)]) if fits.any() else None
+
+
+@functools.lru_cache(maxsize=256)
+def _unit_half_widths(confidence: float, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rounds 2..limit and the half-width of a t-interval at `confidence` over that many rounds of unit SD (cached:
+    a sweep's verdicts share a few confidences)."""
+    n = np.arange(2, limit + 1)
+    return n, scipy_stats.t.ppf((1 + confidence) / 2, n - 1) / np.sqrt(n)

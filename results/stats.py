@@ -247,35 +247,8 @@ def usable_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return ok[~contended(ok).to_numpy()]
 
 
-def _cell_status(statuses: pd.Series) -> str:
-    """A cell's status from its runs': ok when all are, else the first unfinished state, else failed."""
-    values = set(statuses.fillna(""))
-    if values == {Status.OK.value}:
-        return Status.OK.value
-    for waiting in (Status.RUNNING, Status.LOST, Status.QUEUED):
-        if waiting.value in values:
-            return waiting.value
-    if values == {Status.UNSUPPORTED.value}:
-        return Status.UNSUPPORTED.value
-    return Status.FAILED.value
-
-
 def _text(value: object) -> str:
     return "" if pd.api.types.is_scalar(value) and pd.isna(value) else str(value)
-
-
-def _representative(column: str, cell: pd.DataFrame, ok: pd.DataFrame) -> object:
-    """A cell's value of one per-run column: median, sum, worst, or the first ok (else first) run's."""
-    if column in MEDIAN_COLUMNS or column.startswith(MEDIAN_PREFIXES):
-        return numeric(ok, column).median()
-    if column in SUM_COLUMNS:
-        return numeric(ok, column).sum(min_count=1)
-    if column in WORST_MIN_COLUMNS:
-        return numeric(ok, column).min()
-    if column in WORST_MAX_COLUMNS:
-        return numeric(ok, column).max()
-    source = ok if len(ok) else cell
-    return source[column].iloc[0]
 
 
 def _repeats(runs: pd.DataFrame) -> pd.Series:
@@ -283,94 +256,6 @@ def _repeats(runs: pd.DataFrame) -> pd.Series:
     if "repeat" in runs.columns:
         return runs["repeat"]
     return runs.groupby("cell_id", sort=False).cumcount() + 1
-
-
-def _cell_row(cell: pd.DataFrame, carried: list[str], confidence: float) -> dict[str, object]:
-    statuses = cell["status"]
-    ok, used = cell[statuses == Status.OK.value], usable_runs(cell)
-    not_ok = cell[statuses.isin(FINISHED_NOT_OK)]
-    row: dict[str, object] = {
-        "sweep_id": cell["sweep_id"].iloc[0] if "sweep_id" in cell.columns else math.nan,
-        "cell_id": cell["cell_id"].iloc[0],
-        "status": _cell_status(statuses),
-        "repeats": len(cell),
-        "repeats_ok": len(ok),
-        "attempts": numeric(cell, "attempts").max(),
-        "failed_runs": "; ".join(
-            f"{_text(r.get('run_id'))}: {_text(r.get('error_type'))}: {_text(r.get('error'))}"
-            for r in (not_ok.to_dict("records") if len(not_ok) else ())  # to_dict costs ms per cell even empty
-        ),
-    }
-    for column in carried:
-        row[column] = _representative(column, cell, used if len(used) else ok)
-    if len(not_ok):
-        for column in ("error_type", "error"):
-            if column in cell.columns:
-                row[column] = not_ok[column].iloc[0]
-    throughput, p50 = numeric(used, "throughput_sps"), numeric(used, "latency_ms_p50")
-    hosts = ok["host"].dropna().astype(str).unique() if "host" in ok.columns else []
-    row["hosts"] = ",".join(sorted(hosts))
-    row["throughput_ci_low"], row["throughput_ci_high"] = value_interval(throughput, confidence)
-    row["latency_ms_p50_ci_low"], row["latency_ms_p50_ci_high"] = value_interval(p50, confidence)
-    for column in ("latency_ms_p99", "peak_mem_allocated_mb", "process_mem_mb"):  # what `recommend` constrains
-        row[f"{column}_ci_low"], row[f"{column}_ci_high"] = value_interval(numeric(used, column), confidence)
-    finite = throughput[np.isfinite(throughput)]
-    row["run_to_run_cv"] = float(finite.std(ddof=1) / finite.mean()) if len(finite) >= 2 else math.nan
-    row["contended_runs"] = int(contended(ok).sum())
-    row["runs_used"] = len(used)
-    row.update(speedup=math.nan, speedup_ci_low=math.nan, speedup_ci_high=math.nan, speedup_method="", verdict="")
-    row.update(verdict_confidence=math.nan, comparisons=math.nan, rounds_to_decide=math.nan)
-    return row
-
-
-def _key(values: dict[str, object]) -> tuple[object, ...]:
-    """A hashable counterpart key; missing values (NaN, None) compare equal."""
-    return tuple(None if pd.isna(values.get(k)) else values.get(k) for k in COUNTERPART_KEYS)
-
-
-def _add_speedups(
-    rows: list[dict[str, object]], oks: list[pd.DataFrame], min_effect: float, confidence: float, looks: Looks
-) -> None:
-    """Speedup of each optimization cell over the baseline cell on the same model, shape and device, from usable
-    runs, with the verdict its interval gives at the sweep's confidence shared among all these comparisons and
-    spent over `looks` (`results/sequential.py`).
-
-    Only the runs on the cell's own device name count on either side, so a run that landed on
-    another GPU model of a mixed cluster never enters a ratio.
-    """
-    baselines = {_key(row): i for i, row in enumerate(rows) if row.get("optimization") == BASELINE}
-    compared = [
-        (row, ok)
-        for row, ok in zip(rows, oks, strict=True)
-        if row.get("optimization") != BASELINE and _key(row) in baselines
-    ]
-    for row, ok in compared:
-        base = _on_device(oks[baselines[_key(row)]], row)
-        mine = _on_device(ok, row)
-        paired = len(set(mine.index) & set(base.index))
-        level = interval_confidence(1 - confidence, len(compared), looks, max(paired, 2))
-        ratio = ratio_interval(mine, base, level)
-        called = verdict(ratio, min_effect)
-        needed = math.nan
-        if called is Verdict.INCONCLUSIVE:
-            estimate = rounds_to_decide(math.log(ratio.estimate) if ratio.estimate > 0 else math.nan,
-                                        ratio.sd_log, min_effect, level)  # fmt: skip
-            needed = math.nan if estimate is None else estimate
-        row.update(
-            speedup=ratio.estimate,
-            speedup_ci_low=ratio.low,
-            speedup_ci_high=ratio.high,
-            speedup_method=ratio.method,
-            verdict=str(called),
-            verdict_confidence=level,
-            comparisons=len(compared),
-            rounds_to_decide=needed,
-        )
-
-
-def _on_device(ok: pd.DataFrame, row: dict[str, object]) -> pd.Series:
-    """Throughput of the usable runs on the row's device name, indexed by their round."""
-    return run_series(ok, "throughput_sps", row.get("device_name"))
 
 
 def rounds(runs: pd.DataFrame) -> list[str]:
@@ -391,6 +276,256 @@ def run_series(runs: pd.DataFrame, column: str, device_name: object = None) -> p
     return pd.Series(numeric(used, column).to_numpy(), index=rounds(used))
 
 
+# --- from runs to cell rows, all cells at once ---------------------------------------------------------
+# `aggregate` works column by column over every run (pandas group-bys keyed by each run's cell), never cell by
+# cell: a sweep of 50,000 runs aggregates in seconds. `tests/unit/test_stats.py` holds it to the per-cell rules
+# (`ratio_interval`, `value_interval`) on random sweeps.
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Which cell each run belongs to (`code`: 0..count-1, in order of first appearance)."""
+
+    code: np.ndarray
+    count: int
+
+    def runs_per_cell(self, mask: np.ndarray) -> np.ndarray:
+        return np.bincount(self.code[mask], minlength=self.count)
+
+    def reduce(self, values: pd.DataFrame | pd.Series, mask: np.ndarray, how: str, **options) -> pd.DataFrame:
+        """`how` (median, sum, min, max, count, mean, std, var) of the masked runs' values per cell, NaN for a cell
+        with none."""
+        grouped = values[mask].groupby(self.code[mask], sort=True)
+        return getattr(grouped, how)(**options).reindex(range(self.count))
+
+    def first_position(self, mask: np.ndarray) -> pd.Series:
+        """The position of each cell's first masked run (cells without one are left out)."""
+        positions = pd.Series(np.flatnonzero(mask))
+        return positions.groupby(self.code[mask], sort=True).first()
+
+
+def _kind(column: str) -> str:
+    """How a per-run column becomes a cell's value: `median`, `sum`, `min`, `max` (the worst) or `first`."""
+    if column in MEDIAN_COLUMNS or column.startswith(MEDIAN_PREFIXES):
+        return "median"
+    if column in SUM_COLUMNS:
+        return "sum"
+    if column in WORST_MIN_COLUMNS:
+        return "min"
+    if column in WORST_MAX_COLUMNS:
+        return "max"
+    return "first"
+
+
+def _cell_statuses(status: pd.Series, cells: _Cells) -> list[str]:
+    """Each cell's status from its runs': ok when all are, else the first unfinished state, else unsupported
+    when all are, else failed."""
+    total = cells.runs_per_cell(np.ones(len(status), dtype=bool))
+    has = {state: cells.runs_per_cell((status == state.value).to_numpy()) for state in Status}
+    out = []
+    for i in range(cells.count):
+        waiting = next((s for s in (Status.RUNNING, Status.LOST, Status.QUEUED) if has[s][i]), None)
+        if has[Status.OK][i] == total[i]:
+            out.append(Status.OK.value)
+        elif waiting is not None:
+            out.append(waiting.value)
+        elif has[Status.UNSUPPORTED][i] == total[i]:
+            out.append(Status.UNSUPPORTED.value)
+        else:
+            out.append(Status.FAILED.value)
+    return out
+
+
+def _representatives(runs: pd.DataFrame, carried: list[str], cells: _Cells, source: np.ndarray) -> pd.DataFrame:
+    """Each cell's value of each carried column: median, sum or worst over the `source` runs (its usable runs,
+    else its ok runs), or the first source run's value (the cell's first run when it has no source run)."""
+    kinds = {column: _kind(column) for column in carried}
+    parts = []
+    for how in ("median", "sum", "min", "max"):
+        names = [c for c in carried if kinds[c] == how]
+        if names:
+            frame = pd.DataFrame({name: numeric(runs, name) for name in names})
+            parts.append(cells.reduce(frame, source, how, **({"min_count": 1} if how == "sum" else {})))
+    chosen = np.where((cells.runs_per_cell(source) > 0)[cells.code], source, True)
+    firsts = [c for c in carried if kinds[c] == "first"]
+    parts.append(runs[firsts].iloc[cells.first_position(chosen).to_numpy()].reset_index(drop=True))
+    return pd.concat(parts, axis=1)[carried]
+
+
+def _failures(runs: pd.DataFrame, cells: _Cells, values: pd.DataFrame) -> list[str]:
+    """Each cell's failed and unsupported runs as `run: error_type: error; ...`; the first one's error_type and
+    error become the cell's (in `values`)."""
+    not_ok = runs["status"].isin(FINISHED_NOT_OK).to_numpy()
+    texts = [""] * cells.count
+    if not not_ok.any():
+        return texts
+    failed = runs[not_ok]
+    column = {name: failed[name] if name in failed.columns else pd.Series(None, index=failed.index, dtype=object)
+              for name in ("run_id", "error_type", "error")}  # fmt: skip
+    lines = [f"{_text(r)}: {_text(t)}: {_text(e)}" for r, t, e in zip(*column.values(), strict=True)]
+    for code, text in pd.Series(lines).groupby(cells.code[not_ok], sort=True).agg("; ".join).items():
+        texts[code] = text
+    first = cells.first_position(not_ok)
+    for name in ("error_type", "error"):
+        if name in runs.columns:
+            values[name] = values[name].astype(object)
+            values.loc[first.index, name] = runs[name].iloc[first.to_numpy()].to_numpy()
+    return texts
+
+
+def _hosts(runs: pd.DataFrame, cells: _Cells, ok: np.ndarray) -> list[str]:
+    """The hosts of each cell's ok runs, sorted, comma-joined."""
+    texts = [""] * cells.count
+    if "host" not in runs.columns:
+        return texts
+    mask = ok & runs["host"].notna().to_numpy()
+    hosts = pd.DataFrame({"cell": cells.code[mask], "host": runs["host"][mask].astype(str).to_numpy()})
+    hosts = hosts.drop_duplicates().sort_values(["cell", "host"])
+    for code, text in hosts.groupby("cell", sort=True)["host"].agg(",".join).items():
+        texts[code] = text
+    return texts
+
+
+def _t_quantiles(probability: np.ndarray, df: np.ndarray) -> np.ndarray:
+    return scipy_stats.t.ppf(probability, df)
+
+
+def _value_intervals(values: pd.Series, cells: _Cells, used: np.ndarray, confidence: float) -> tuple[np.ndarray, ...]:
+    """Per cell, `value_interval` of its usable runs' values: the t-interval of their geometric mean."""
+    array = values.to_numpy(dtype=float, na_value=np.nan)
+    keep = used & np.isfinite(array) & (array > 0)
+    logs = pd.Series(np.log(np.where(keep, array, 1.0)))
+    stats = cells.reduce(logs, keep, "agg", func=["count", "mean", "std"])
+    n, mean, sd = (stats[name].to_numpy(dtype=float) for name in ("count", "mean", "std"))
+    enough = n >= 2
+    half = np.zeros(cells.count)
+    se = np.where(enough, sd / np.sqrt(np.maximum(n, 1)), 0.0)
+    spread = enough & (se > 0)
+    half[spread] = _t_quantiles((1 + confidence) / 2, n[spread] - 1) * se[spread]
+    nan = np.full(cells.count, np.nan)
+    return np.where(enough, np.exp(mean - half), nan), np.where(enough, np.exp(mean + half), nan)
+
+
+def _cv(values: pd.Series, cells: _Cells, used: np.ndarray) -> np.ndarray:
+    """Per cell, the coefficient of variation of its usable runs' finite values (NaN with fewer than two)."""
+    array = values.to_numpy(dtype=float, na_value=np.nan)
+    keep = used & np.isfinite(array)
+    stats = cells.reduce(pd.Series(array), keep, "agg", func=["count", "mean", "std"])
+    return np.where(stats["count"] >= 2, stats["std"] / stats["mean"], np.nan)
+
+
+def _speedups(
+    runs: pd.DataFrame,
+    cells: _Cells,
+    used: np.ndarray,
+    table: pd.DataFrame,
+    min_effect: float,
+    confidence: float,
+    looks: Looks,
+) -> None:
+    """Speedup of each optimization cell over the baseline cell on the same model, shape and device, from usable
+    runs paired by round, with the verdict its interval gives at the sweep's confidence shared among all these
+    comparisons and spent over `looks` (`results/sequential.py`); written into `table`.
+
+    Only the runs on the cell's own device name count on either side, so a run that landed on another GPU model
+    of a mixed cluster never enters a ratio. Each comparison is `ratio_interval` on the two cells' `run_series`.
+    """
+    keys = [[None if pd.isna(v) else v for v in table[k]] if k in table.columns else [None] * cells.count
+            for k in COUNTERPART_KEYS]  # fmt: skip
+    keys = list(zip(*keys, strict=True))
+    optimizations = table["optimization"] if "optimization" in table.columns else pd.Series([None] * cells.count)
+    baselines = {keys[i]: i for i in range(cells.count) if optimizations.iloc[i] == BASELINE}
+    pairs = pd.DataFrame(
+        [
+            (i, baselines[keys[i]])
+            for i in range(cells.count)
+            if optimizations.iloc[i] != BASELINE and keys[i] in baselines
+        ],
+        columns=["cell", "base"],
+    )
+    if pairs.empty:
+        return
+    # The runs each side uses: usable, on the cell's own device name, keyed by round.
+    chosen = used.copy()
+    if "device_name" in runs.columns:
+        device = table["device_name"].to_numpy(dtype=object)[cells.code]
+        chosen &= pd.isna(device) | (runs["device_name"].to_numpy(dtype=object) == device)
+    picked = runs[chosen]
+    throughput = numeric(picked, "throughput_sps").to_numpy(dtype=float, na_value=np.nan)
+    positive = np.isfinite(throughput) & (throughput > 0)
+    sides = pd.DataFrame({"cell": cells.code[chosen], "round": rounds(picked), "log": np.nan})
+    sides.loc[positive, "log"] = np.log(throughput[positive])
+    labels = sides[["cell", "round"]].drop_duplicates()
+    logs = sides[positive].groupby(["cell", "round"], sort=False)["log"].mean().reset_index()
+
+    def both_sides(frame: pd.DataFrame) -> pd.DataFrame:
+        mine = pairs.merge(frame, on="cell")
+        return mine.merge(frame.rename(columns={"cell": "base"}), on=["base", "round"], suffixes=("", "_base"))
+
+    shared_labels = both_sides(labels).groupby("cell").size()
+    paired = both_sides(logs).assign(diff=lambda f: f["log"] - f["log_base"]).groupby("cell")["diff"]
+    paired = paired.agg(["count", "mean", "std"])
+    side = logs.groupby("cell")["log"].agg(["count", "mean", "var"])
+
+    def per_pair(stats: pd.DataFrame | pd.Series, column: str | None, by: str) -> np.ndarray:
+        series = stats if column is None else stats[column]
+        return series.reindex(pairs[by]).to_numpy(dtype=float)
+
+    n_paired, mean_paired, sd_paired = (per_pair(paired, c, "cell") for c in ("count", "mean", "std"))
+    n_top, mean_top, var_top = (per_pair(side, c, "cell") for c in ("count", "mean", "var"))
+    n_bottom, mean_bottom, var_bottom = (per_pair(side, c, "base") for c in ("count", "mean", "var"))
+    n_paired, n_top, n_bottom = (np.nan_to_num(a) for a in (n_paired, n_top, n_bottom))
+    n_shared = np.nan_to_num(per_pair(shared_labels, None, "cell"))
+    comparisons = len(pairs)
+    alpha = 1 - confidence
+    shared = np.maximum(n_shared, 2).astype(int)
+    levels = {n: interval_confidence(alpha, comparisons, looks, int(n)) for n in np.unique(shared)}
+    level = np.array([levels[n] for n in shared])
+
+    is_paired = n_paired >= 2
+    is_welch = ~is_paired & (n_top >= 2) & (n_bottom >= 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        welch_var = var_top / n_top + var_bottom / n_bottom
+        welch_se = np.sqrt(welch_var)
+        welch_df = np.where(
+            welch_se > 0,
+            welch_var**2 / ((var_top / n_top) ** 2 / (n_top - 1) + (var_bottom / n_bottom) ** 2 / (n_bottom - 1)),
+            1.0,
+        )
+        mean = np.where(is_paired, mean_paired, mean_top - mean_bottom)
+        se = np.where(is_paired, sd_paired / np.sqrt(n_paired), welch_se)
+        df = np.where(is_paired, n_paired - 1, welch_df)
+        sd_log = np.where(
+            is_paired, sd_paired, np.where(is_welch, welch_se * np.sqrt(np.minimum(n_top, n_bottom)), np.nan)
+        )
+    has_interval = is_paired | is_welch
+    half = np.zeros(len(pairs))
+    spread = has_interval & (se > 0)
+    half[spread] = _t_quantiles((1 + level[spread]) / 2, df[spread]) * se[spread]
+    estimate = np.where(has_interval | ((n_top > 0) & (n_bottom > 0)), np.exp(mean), np.nan)
+    low = np.where(has_interval, np.exp(mean - half), np.nan)
+    high = np.where(has_interval, np.exp(mean + half), np.nan)
+    verdicts, needed = [], []
+    for i in range(len(pairs)):
+        called = verdict_of(low[i], high[i], min_effect)
+        verdicts.append(str(called))
+        estimate_log = math.log(estimate[i]) if estimate[i] > 0 else math.nan
+        rounds_needed = (
+            rounds_to_decide(estimate_log, sd_log[i], min_effect, level[i]) if called is Verdict.INCONCLUSIVE else None
+        )
+        needed.append(math.nan if rounds_needed is None else rounds_needed)
+    methods = np.where(is_paired, "paired_t_log", np.where(is_welch, "welch_t_log", "insufficient_runs"))
+    at = pairs["cell"].to_numpy()
+    table.loc[at, "speedup"] = estimate
+    table.loc[at, "speedup_ci_low"] = low
+    table.loc[at, "speedup_ci_high"] = high
+    table.loc[at, "speedup_method"] = methods
+    table.loc[at, "verdict"] = verdicts
+    table.loc[at, "verdict_confidence"] = level
+    table.loc[at, "comparisons"] = comparisons
+    table.loc[at, "rounds_to_decide"] = needed
+
+
 def aggregate(
     runs: pd.DataFrame,
     min_effect: float = DEFAULT_MIN_EFFECT,
@@ -403,11 +538,39 @@ def aggregate(
     a fixed number of runs, one look)."""
     carried = [c for c in runs.columns if c not in LEAD_COLUMNS + RUN_ONLY_COLUMNS + STAT_COLUMNS]
     columns = list(LEAD_COLUMNS) + carried + list(STAT_COLUMNS)
+    runs = runs[runs["cell_id"].notna()].reset_index(drop=True)
     if runs.empty:
         return pd.DataFrame(columns=columns)
-    rows, oks = [], []
-    for _, cell in runs.groupby("cell_id", sort=False):
-        rows.append(_cell_row(cell, carried, confidence))
-        oks.append(usable_runs(cell))
-    _add_speedups(rows, oks, min_effect, confidence, looks or Looks.fixed(2))
-    return pd.DataFrame(rows, columns=columns)
+    code, ids = pd.factorize(runs["cell_id"], sort=False)
+    cells = _Cells(code, len(ids))
+    ok = (runs["status"] == Status.OK.value).to_numpy()
+    busy = contended(runs).to_numpy()
+    used = ok & ~busy
+    source = np.where((cells.runs_per_cell(used) > 0)[code], used, ok)  # usable runs, else ok runs
+    values = _representatives(runs, carried, cells, source)
+    failed_runs = _failures(runs, cells, values)
+    every = np.ones(len(runs), dtype=bool)
+    first = cells.first_position(every).to_numpy()
+    lead = {
+        "sweep_id": runs["sweep_id"].to_numpy()[first] if "sweep_id" in runs else math.nan,
+        "cell_id": ids,
+        "status": _cell_statuses(runs["status"], cells),
+        "repeats": cells.runs_per_cell(every),
+        "repeats_ok": cells.runs_per_cell(ok),
+        "attempts": cells.reduce(numeric(runs, "attempts"), every, "max").to_numpy(),
+        "failed_runs": failed_runs,
+    }
+    stats: dict[str, object] = {"hosts": _hosts(runs, cells, ok)}
+    for column in ("throughput_sps", "latency_ms_p50", "latency_ms_p99", "peak_mem_allocated_mb", "process_mem_mb"):
+        name = "throughput" if column == "throughput_sps" else column  # the last three: what `recommend` constrains
+        stats[f"{name}_ci_low"], stats[f"{name}_ci_high"] = _value_intervals(
+            numeric(runs, column), cells, used, confidence
+        )
+    stats["run_to_run_cv"] = _cv(numeric(runs, "throughput_sps"), cells, used)
+    stats["contended_runs"] = cells.runs_per_cell(ok & busy)
+    stats["runs_used"] = cells.runs_per_cell(used)
+    stats.update(speedup=math.nan, speedup_ci_low=math.nan, speedup_ci_high=math.nan, speedup_method="", verdict="")
+    stats.update(verdict_confidence=math.nan, comparisons=math.nan, rounds_to_decide=math.nan)
+    table = pd.concat([pd.DataFrame(lead), values, pd.DataFrame(stats, index=range(cells.count))], axis=1)
+    _speedups(runs, cells, used, table, min_effect, confidence, looks or Looks.fixed(2))
+    return table[columns].infer_objects()

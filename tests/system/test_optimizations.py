@@ -274,7 +274,7 @@ def test_synthetic_weights_make_the_logits_depend_on_the_input():
     # random: nearly the same logits for any input (0.996 at 32 px, 0.9999 at 224), so a cosine to fp32 says little
     assert random_cosine > 0.99
     assert synthetic_cosine < 0.9
-    assert label == "synthetic(seed=0, bn_stats=16 samples at 3x32x32)"
+    assert label == "synthetic(seed=0, bn_stats=8 samples at 3x32x32)"
 
 
 # ------------------------------------------------------------------------------------------------ report

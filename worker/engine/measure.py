@@ -56,7 +56,7 @@ class Budget:
 
 # Sized so a CPU cell of DenseNet-121 takes seconds, and a GPU cell gathers enough calls for a p99.
 DEFAULT_BUDGETS = {
-    "cpu": Budget(warmup_iters=2, warmup_seconds=0.5, min_iters=5, min_seconds=2.0),
+    "cpu": Budget(warmup_iters=2, warmup_seconds=0.5, min_iters=5, min_seconds=1.0),
     "cuda": Budget(warmup_iters=10, warmup_seconds=2.0, min_iters=100, min_seconds=5.0),
 }
 

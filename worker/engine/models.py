@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # `synthetic` weights: BatchNorm statistics re-estimated on this many seeded normal samples, in batches
 # of SYNTHETIC_BATCH, from seeds apart from the timed, probe and calibration inputs'.
-SYNTHETIC_SAMPLES = 16
+SYNTHETIC_SAMPLES = 8
 SYNTHETIC_BATCH = 8
 SYNTHETIC_SEED_OFFSET = 1000
 
