@@ -10,6 +10,10 @@ For each size and broker (Redis; RabbitMQ with publisher confirms), with no work
 3. `python -m producer status` and `python -m results collect` on it, each a subprocess with torch unimportable
    (as on a client-only machine): wall time, and peak RSS from the child's rusage.
 
+4. Footprint, for docs/scaling.md: Redis bytes per stored result and per manifest entry (`MEMORY USAGE`), broker
+   bytes per queued message (Redis list), the collector's CPU seconds per run (rusage), and what one idle worker
+   writes per minute (Redis `INFO commandstats` over a minute: its liveness beats and Celery's event heartbeats).
+
 Targets (issue 22): status <= 1 s at 5,000 runs and <= 3 s at 50,000; collect <= 3 s and <= 20 s; enqueue
 >= 3,000 runs/s on Redis and >= 2,000 runs/s on RabbitMQ. Results stay in Redis for both brokers, so status and
 collect are measured once per size.
@@ -35,7 +39,7 @@ import numpy as np
 
 from producer.sweep import SweepRequest, create
 from shared import keys
-from shared.celery_app import app, use_services
+from shared.celery_app import app, queue_lengths, use_services
 from shared.connection import connect
 from shared.contract import Envelope
 from shared.services import private_rabbitmq, private_redis
@@ -63,6 +67,7 @@ TARGETS = {  # (runs, what) -> (limit, "<=" or ">=")
 class Timed:
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float  # user + system
 
 
 def request_for(runs: int) -> SweepRequest:
@@ -95,6 +100,7 @@ def store_results(client, backend, sweep, template: dict, seed: int = 0) -> None
                 row[name] = template[name] / factor
             if index % FAILED_EVERY == 0:
                 row.update(status="failed", error_type="out_of_memory", error="CUDA out of memory (bench)")
+                row.update({name: None for name in ("throughput_sps", "latency_ms_p50", "latency_ms_p99")})
             envelope = Envelope(sweep.id, entry.cell_id, entry.repeat, entry.attempts, f"optbench@host{index % 16:02d}",
                                 row, tries=1)  # fmt: skip
             meta = {"status": "SUCCESS", "result": envelope.to_dict(), "traceback": None, "children": [],
@@ -125,13 +131,49 @@ def timed_cli(env: dict[str, str], *command: str) -> Timed:
     process.stderr.close()
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {process.returncode}: {error}")
-    return Timed(seconds, usage.ru_maxrss / 1024)
+    return Timed(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+
+
+def memory_usage(client, keys_: list[bytes | str]) -> float:
+    """Mean bytes Redis holds per key (exact: every element counted)."""
+    return statistics.mean(client.memory_usage(key, samples=0) for key in keys_)
+
+
+def queued_message_bytes(client) -> tuple[float, float]:
+    """(mean serialized bytes of a queued message, Redis bytes per message of the queue list)."""
+    length = client.llen(keys.CPU_QUEUE)
+    sample = client.lrange(keys.CPU_QUEUE, 0, 199)
+    return statistics.mean(len(m) for m in sample), client.memory_usage(keys.CPU_QUEUE, samples=0) / length
+
+
+def idle_worker_writes(url: str, scratch: Path, seconds: float = 60.0) -> dict[str, float]:
+    """Redis commands per minute that one idle worker (`python -m worker`, CPU only) causes, by command."""
+    from tests.conftest import start_workers, stop_workers
+
+    client = connect(url)
+    worker = start_workers(app, url, scratch / "worker.log", "--host", "idle", CUDA_VISIBLE_DEVICES="")
+    try:
+        time.sleep(5)  # past start-up
+        before = client.info("commandstats")
+        time.sleep(seconds)
+        after = client.info("commandstats")
+    finally:
+        stop_workers(worker)
+    calls = {name: after[name]["calls"] - before.get(name, {}).get("calls", 0) for name in after}
+    # The measurement's own INFO call is not the worker's.
+    calls["cmdstat_info"] = calls.get("cmdstat_info", 0) - 1
+    per_minute = {name.removeprefix("cmdstat_"): n * 60 / seconds for name, n in calls.items() if n > 0}
+    return dict(sorted(per_minute.items(), key=lambda item: -item[1]))
 
 
 def enqueue_rate(client, runs: int) -> tuple[float, object]:
+    """Runs per second of `create`, checked: the broker holds one message per run afterwards."""
     started = time.perf_counter()
     sweep = create(app, client, request_for(runs), "cpu", ttl=3600)
-    return len(sweep.runs) / (time.perf_counter() - started), sweep
+    rate = len(sweep.runs) / (time.perf_counter() - started)
+    queued = queue_lengths({keys.CPU_QUEUE})[keys.CPU_QUEUE]
+    assert queued == len(sweep.runs), f"{queued} messages queued for {len(sweep.runs)} runs"
+    return rate, sweep
 
 
 def verdict(key: tuple, value: float) -> str:
@@ -147,10 +189,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="5000,50000", help="runs per sweep, comma-separated")
     parser.add_argument("--brokers", default="redis,rabbitmq")
     parser.add_argument("--times", type=int, default=3, help="wall times of status and collect per size (median)")
+    parser.add_argument("--no-worker", action="store_true", help="skip the idle worker's minute of writes")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     template = measured_row()
     lines = []
+    footprint: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
         scratch = Path(folder)
         url = stack.enter_context(private_redis(scratch / "redis"))
@@ -165,6 +209,8 @@ def main() -> None:
             client = connect(url)
             for runs in sizes:
                 rate, sweep = enqueue_rate(client, runs)
+                if broker_name == "redis" and runs == sizes[0]:
+                    footprint["message_bytes"], footprint["queue_bytes_per_message"] = queued_message_bytes(client)
                 purge()
                 lines.append(f"{broker_name:<9} enqueue {runs:>6,} runs: {rate:>7,.0f} runs/s "
                              f"{verdict((broker_name, 'enqueue_per_s'), rate)}")  # fmt: skip
@@ -173,19 +219,32 @@ def main() -> None:
                     client.delete(keys.sweep(sweep.id))
                     continue
                 store_results(client, app.backend, sweep, template)
+                if runs == sizes[0]:
+                    tasks = [app.backend.get_key_for_task(e.task_id) for e in list(sweep.runs.values())[:500]]
+                    footprint["result_bytes"] = memory_usage(client, tasks)
+                    footprint["manifest_bytes_per_run"] = memory_usage(client, [keys.sweep(sweep.id)]) / runs
                 env = service_env(url, broker, OPTBENCH_RESULTS_DIR=str(scratch / "results"))
                 env["PYTHONPATH"] = os.pathsep.join([str(blocker), str(REPO)])
                 for command, what in ((("producer", "status"), "status_s"), (("results", "collect"), "collect_s")):
                     timings = [timed_cli(env, *command, "--sweep", sweep.id) for _ in range(args.times)]
                     seconds = statistics.median(t.seconds for t in timings)
+                    cpu = statistics.median(t.cpu_seconds for t in timings)
+                    footprint[f"{what}_cpu_ms_per_run_at_{runs}"] = cpu / runs * 1e3
                     rss = max(t.peak_rss_mb for t in timings)
                     target = verdict((runs, what), seconds)
                     lines.append(f"{'':<9} {' '.join(command):<16} {runs:>6,} runs: {seconds:>6.2f} s "
                                  f"(median of {args.times}), peak RSS {rss:,.0f} MB {target}")  # fmt: skip
                     print(lines[-1], flush=True)
                 client.delete(keys.sweep(sweep.id))
+        use_services(url, url)  # the idle worker on a Redis broker: its event heartbeats are Redis commands too
+        writes = idle_worker_writes(url, scratch) if not args.no_worker else {}
     print("\nsummary (no worker online; results in Redis; status and collect as torch-free subprocesses):")
     print("\n".join(lines))
+    print("\nfootprint (docs/scaling.md):")
+    for name, value in footprint.items():
+        print(f"  {name}: {value:,.2f}")
+    if writes:
+        print("  one idle worker, Redis commands per minute: " + ", ".join(f"{k} {v:.0f}" for k, v in writes.items()))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 from rich.console import Console
 
 from producer.model_check import check_models
-from producer.progress import Stalled, describe_unserved, status_table, unserved_queues
+from producer.progress import TABLE_ROWS, Stalled, describe_unserved, status_table, unserved_queues
 from producer.sweep import (
     AUTO,
     DEFAULT_OPTIMIZATIONS,
@@ -155,12 +155,13 @@ def cmd_status(args: argparse.Namespace, console: Console, state: dict) -> int:
     with session(args.start_missing, need_workers=False, broker=args.broker) as s:
         sweep = manifest.load(s.client, args.sweep)
         rows = sweep_rows(s.app.backend, sweep)
-        console.print(status_table(sweep, rows))
+        limit = None if args.all else TABLE_ROWS
+        console.print(status_table(sweep, rows, limit))
         cells = look(runs_frame(rows), sweep)
         if (cells["verdict"].astype(str) != "").any():
             undecided = [] if sweep.spec.get("stopped") or sweep.spec.get("repeats") != AUTO else open_cells(cells)
             stopped = f" (stopped: {sweep.spec['stopped']})" if sweep.spec.get("stopped") else ""
-            console.print(verdict_table(cells, undecided, f"verdicts so far{stopped}"))
+            console.print(verdict_table(cells, undecided, f"verdicts so far{stopped}", limit))
         if any(row["status"] == "queued" for row in rows):
             _warn_unserved(s, sweep, console, online_queues(s.app), rows)
     return 0
@@ -275,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="enqueue `repeats` runs of every (optimization, batch size) cell")
     sweep.add_argument("--optimizations", help=f"comma-separated (default: {','.join(DEFAULT_OPTIMIZATIONS)})")
-    sweep.add_argument("--batch-sizes", help="comma-separated (default: 1,2,4,8,16 on a GPU, 1,2,4 on a CPU)")
+    sweep.add_argument("--batch-sizes", help="comma-separated (default: 1,2,4,8,16 on a GPU, 1,4 on a CPU)")
     sweep.add_argument(
         "--repeats",
         default=DEFAULT_REPEATS,
@@ -302,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cell_arguments(sweep)
 
     status = commands.add_parser("status", help="a table of a sweep's runs")
+    status.add_argument("--all", action="store_true", help=f"list every run and verdict, not the first {TABLE_ROWS}")
     rerun_ = commands.add_parser("rerun", help="re-enqueue some runs of a sweep as a new attempt")
     rerun_.add_argument("--cells", help="comma-separated cell ids (all their runs) or run ids: fp16@bs16,prune@bs1#2")
     rerun_.add_argument("--failed", action="store_true", help="every run whose status is failed")

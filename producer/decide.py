@@ -21,7 +21,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from producer.progress import wait
+from producer.progress import TABLE_ROWS, wait
 from producer.sweep import AUTO, add_round, rounds_of
 from results.collect import cells_frame, runs_frame
 from results.formatting import ratio_text
@@ -78,12 +78,20 @@ def stop_reason(sweep: Sweep, undecided: list[str], next_cells: int, now: dateti
     return None
 
 
-def verdict_table(cells: pd.DataFrame, undecided: list[str], title: str) -> Table:
-    """Each compared cell's current speedup, interval and verdict, and whether it runs on."""
+def verdict_table(cells: pd.DataFrame, undecided: list[str], title: str, limit: int | None = TABLE_ROWS) -> Table:
+    """Each compared cell's current speedup, interval and verdict, and whether it runs on; past `limit` cells, the
+    first ones and a caption counting every verdict (None: every cell)."""
     table = Table(title=title)
     for column in ("cell", "runs used", "speedup [interval]", "verdict", "next"):
         table.add_column(column, justify="right" if column == "runs used" else "left")
     compared = cells[cells["verdict"].astype(str) != ""]
+    if limit is not None and len(compared) > limit:
+        counts = compared["verdict"].astype(str).value_counts()
+        table.caption = (
+            f"{len(compared) - limit:,} more cells not listed; all {len(compared):,} verdicts: "
+            + ", ".join(f"{n:,} {verdict}" for verdict, n in counts.items())
+        )
+        compared = compared.head(limit)
     for _, row in compared.iterrows():
         interval = ratio_text(row["speedup"], row["speedup_ci_low"], row["speedup_ci_high"])
         running = str(row["cell_id"]) in undecided

@@ -19,6 +19,8 @@ from shared.state import FINISHED, sweep_rows
 
 POLL_SECONDS = 1.0
 QUEUE_CHECK_SECONDS = 10.0
+TABLE_ROWS = 60  # rows of a status or verdict table before it lists only the first ones (`status --all`: all)
+ATTENTION_FIRST = {"failed": 0, "lost": 1, "running": 2}  # in a shortened table, these runs come first
 
 
 class Stalled(OptbenchError):
@@ -29,7 +31,9 @@ def _number(value: Any, digits: int = 1) -> str:
     return "" if value is None or value != value else f"{value:,.{digits}f}"
 
 
-def status_table(sweep: Sweep, rows: list[dict[str, Any]]) -> Table:
+def status_table(sweep: Sweep, rows: list[dict[str, Any]], limit: int | None = TABLE_ROWS) -> Table:
+    """The sweep's runs, one row each; past `limit` runs, the failed, lost and running ones first and a caption
+    saying how many are left out (None: every run)."""
     counts = Counter(row["status"] for row in rows)
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     repeats = sweep.spec.get("repeats", 1)
@@ -42,7 +46,14 @@ def status_table(sweep: Sweep, rows: list[dict[str, Any]]) -> Table:
     numeric = ("attempts", "p50 ms", "p99 ms", "samples/s")
     for column in ("run", "status", "device", "worker", "attempts", "p50 ms", "p99 ms", "samples/s", "note"):
         table.add_column(column, justify="right" if column in numeric else "left")
-    for row in rows:
+    shown = rows
+    if limit is not None and len(rows) > limit:
+        shown = sorted(rows, key=lambda row: ATTENTION_FIRST.get(row["status"], len(ATTENTION_FIRST)))[:limit]
+        table.caption = (
+            f"{len(rows) - limit:,} more runs not listed (failed, lost and running ones come first): "
+            "`status --all` lists every run, `python -m results collect` writes them to a CSV"
+        )
+    for row in shown:
         table.add_row(
             row["run_id"],
             row["status"],

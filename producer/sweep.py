@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from celery.result import denied_join_result
 
 from shared import keys, manifest
 from shared.catalogue import normalize, parse_chain, preferred_device
 from shared.config import DEFAULT_MAX_REPEATS, MAX_REPEATS
-from shared.contract import TASK_NAME, run_id
+from shared.contract import TASK_NAME, arguments_repr, run_id
 from shared.environment import utc_now
 from shared.errors import OptbenchError
 from shared.manifest import RunEntry, Sweep
@@ -34,7 +35,7 @@ AUTO = "auto"
 DEFAULT_REPEATS = AUTO
 FIRST_ROUNDS = 3  # rounds every cell of an `auto` sweep runs before its first verdict
 DEFAULT_OPTIMIZATIONS = ("baseline", "fp16", "prune", "dynamic_quant", "torchscript")
-DEFAULT_BATCH_SIZES = {"cuda": (1, 2, 4, 8, 16), "cpu": (1, 2, 4)}  # the CPU set finishes in minutes
+DEFAULT_BATCH_SIZES = {"cuda": (1, 2, 4, 8, 16), "cpu": (1, 4)}  # the CPU set: a first sweep in minutes
 # An `auto` sweep's default --time-budget: on a CPU box the first sweep ends in minutes (its 3 first rounds always
 # run; later rounds only start while they end within it); a GPU host's rounds take seconds a run: no default.
 DEFAULT_TIME_BUDGETS: dict[str, float | None] = {"cuda": None, "cpu": 300.0}
@@ -334,16 +335,82 @@ def add_round(app, client: redis.Redis, sweep: Sweep, cell_ids: list[str], ttl: 
     return entries
 
 
+SEND_BATCH = 1000  # Redis: messages per pipeline
+CONFIRM_WINDOW = 1000  # RabbitMQ: messages published before waiting for the broker's confirms of them all
+CONFIRM_TIMEOUT = 30.0  # RabbitMQ: seconds without a confirm before sending fails
+
+
 def send(app, sweep: Sweep, runs: list[RunEntry], faults: dict[str, str]) -> None:
-    """Enqueue the runs in the given order; each task is shown in Flower as `optbench.run_cell <run id> [<sweep>]`."""
-    with app.producer_or_acquire() as producer:
-        for run in runs:
-            task = run.task(sweep.id, faults.get(run.run_id))
-            app.send_task(
-                TASK_NAME,
-                kwargs=task.kwargs(),
-                task_id=run.task_id,
-                queue=run.queue,
-                shadow=task.shadow,
-                producer=producer,
-            )
+    """Enqueue the runs in the given order; each task is shown in Flower as `optbench.run_cell <run id> [<sweep>]`.
+
+    On Redis, kombu's producer batch sends the messages in pipelines of SEND_BATCH (one round trip each, in
+    order). On RabbitMQ a sent run is on the broker or sending fails: publisher confirms, streamed (`send_confirmed`).
+    The producer never waits on a task's AsyncResult (it reads results in bulk: `shared.state`), so Celery's
+    Redis backend is told not to subscribe to each one's result channel (`denied_join_result`)."""
+    with denied_join_result(), app.producer_or_acquire() as producer:
+        if not producer.supports_batch_publish:
+            send_confirmed(app, sweep.id, runs, faults)
+            return
+        _declare_queues(app, producer, runs)
+        with producer.batch(max_size=SEND_BATCH):
+            for run in runs:
+                _send_one(app, producer, sweep.id, run, faults)
+
+
+def send_confirmed(app, sweep_id: str, runs: list[RunEntry], faults: dict[str, str]) -> None:
+    """Publish on one channel in confirm mode, CONFIRM_WINDOW messages at a time, then wait until RabbitMQ has
+    confirmed all of them (its "streaming confirms": a confirm per message, waited for as a batch, rather than
+    one round trip to the disk per message); a nack or CONFIRM_TIMEOUT seconds of silence raises OptbenchError."""
+    with app.connection_for_write(transport_options={"confirm_publish": False}) as connection:
+        channel = connection.channel()
+        channel.confirm_select()
+        waiting: set[int] = set()
+        nacked: list[int] = []
+
+        def settle(tag: int, multiple: bool, into: list[int] | None = None) -> None:
+            done = {t for t in waiting if t <= tag} if multiple else {tag}
+            waiting.difference_update(done)
+            if into is not None:
+                into.extend(done)
+
+        channel.events["basic_ack"].add(settle)
+        channel.events["basic_nack"].add(lambda tag, multiple: settle(tag, multiple, nacked))
+        producer = app.amqp.Producer(channel, auto_declare=False)
+        _declare_queues(app, producer, runs)
+        published = 0
+        for start in range(0, len(runs), CONFIRM_WINDOW):
+            for run in runs[start : start + CONFIRM_WINDOW]:
+                _send_one(app, producer, sweep_id, run, faults)
+                published += 1
+                waiting.add(published)  # delivery tags count the channel's publishes from 1
+            while waiting:
+                try:
+                    connection.drain_events(timeout=CONFIRM_TIMEOUT)
+                except TimeoutError:
+                    raise OptbenchError(
+                        f"RabbitMQ confirmed no message for {CONFIRM_TIMEOUT:g} s ({len(waiting)} unconfirmed)"
+                    ) from None
+            if nacked:
+                raise OptbenchError(f"RabbitMQ refused {len(nacked)} messages (nack): they were not enqueued")
+
+
+def _declare_queues(app, producer, runs: list[RunEntry]) -> None:
+    """Each queue the runs go to, declared once (not again with each message)."""
+    for queue in dict.fromkeys(run.queue for run in runs):
+        producer.maybe_declare(app.amqp.queues[queue])
+
+
+def _send_one(app, producer, sweep_id: str, run: RunEntry, faults: dict[str, str]) -> None:
+    task = run.task(sweep_id, faults.get(run.run_id))
+    kwargs = task.kwargs()
+    app.send_task(
+        TASK_NAME,
+        kwargs=kwargs,
+        task_id=run.task_id,
+        queue=run.queue,
+        shadow=task.shadow,
+        producer=producer,
+        argsrepr="()",
+        kwargsrepr=arguments_repr(kwargs),
+        declare=[],  # declared once by `send`
+    )

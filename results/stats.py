@@ -156,7 +156,8 @@ def _t_interval(mean: float, se: float, df: float, confidence: float) -> tuple[f
     if se == 0:
         return math.exp(mean), math.exp(mean)
     half = _t_quantile((1 + confidence) / 2, df) * se
-    return math.exp(mean - half), math.exp(mean + half)
+    with np.errstate(over="ignore"):  # a t-interval on 1-2 degrees of freedom can reach past float range: inf
+        return float(np.exp(mean - half)), float(np.exp(mean + half))
 
 
 def ratio_interval(
@@ -403,7 +404,8 @@ def _value_intervals(values: pd.Series, cells: _Cells, used: np.ndarray, confide
     spread = enough & (se > 0)
     half[spread] = _t_quantiles((1 + confidence) / 2, n[spread] - 1) * se[spread]
     nan = np.full(cells.count, np.nan)
-    return np.where(enough, np.exp(mean - half), nan), np.where(enough, np.exp(mean + half), nan)
+    with np.errstate(over="ignore"):  # as in `_t_interval`
+        return np.where(enough, np.exp(mean - half), nan), np.where(enough, np.exp(mean + half), nan)
 
 
 def _cv(values: pd.Series, cells: _Cells, used: np.ndarray) -> np.ndarray:
@@ -502,9 +504,10 @@ def _speedups(
     half = np.zeros(len(pairs))
     spread = has_interval & (se > 0)
     half[spread] = _t_quantiles((1 + level[spread]) / 2, df[spread]) * se[spread]
-    estimate = np.where(has_interval | ((n_top > 0) & (n_bottom > 0)), np.exp(mean), np.nan)
-    low = np.where(has_interval, np.exp(mean - half), np.nan)
-    high = np.where(has_interval, np.exp(mean + half), np.nan)
+    with np.errstate(over="ignore"):  # as in `_t_interval`
+        estimate = np.where(has_interval | ((n_top > 0) & (n_bottom > 0)), np.exp(mean), np.nan)
+        low = np.where(has_interval, np.exp(mean - half), np.nan)
+        high = np.where(has_interval, np.exp(mean + half), np.nan)
     verdicts, needed = [], []
     for i in range(len(pairs)):
         called = verdict_of(low[i], high[i], min_effect)

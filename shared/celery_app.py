@@ -23,21 +23,8 @@ settings = config.load()
 
 
 class OptbenchAMQP(AMQP):
-    """Celery's messaging, with two changes.
-
-    - A task message's `task-sent` event carries the task's shadow name too (`optbench.run_cell <run>
-      [<sweep>]`), as the worker's `task-received` event does: Flower keeps the name of whichever event
-      reaches it last, so with Celery's default (the plain task name in `task-sent`) a run's name in
-      Flower depended on the order the two events arrived in.
-    - Its producers come from the pool of the broker the app is configured with now (kombu keeps one
-      pool per broker), not the first one it used: see `OptbenchCelery`."""
-
-    def as_task_v2(self, *args, **kwargs):
-        message = super().as_task_v2(*args, **kwargs)
-        shadow = message.headers.get("shadow")
-        if shadow and message.sent_event is not None:
-            message.sent_event["name"] = shadow
-        return message
+    """Celery's messaging, whose producers come from the pool of the broker the app is configured with now
+    (kombu keeps one pool per broker), not the first one it used: see `OptbenchCelery`."""
 
     @property
     def producer_pool(self):
@@ -96,7 +83,9 @@ app.conf.update(
     task_track_started=True,
     result_extended=True,
     worker_send_task_events=True,
-    task_send_sent_event=True,
+    # No `task-sent` event per message: it doubled the cost of each enqueue, and a 50,000-run sweep would load
+    # Flower with 50,000 of them. Flower shows a run from the moment a worker receives it; `status` the queued.
+    task_send_sent_event=False,
     result_expires=settings.result_expires,
     result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
     # Survive a Redis restart: reconnect to the broker, and retry storing a result until it lands.

@@ -64,7 +64,8 @@ class CellTask:
         return f"{TASK_NAME} {self.run_id} [{self.sweep_id}]"
 
     def kwargs(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
+        """The task's keyword arguments (a shallow dict: the spec is sent as it is, not copied)."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         if self.fault is None:
             del values["fault"]
         return values
@@ -89,6 +90,16 @@ class CellTask:
         if task.fault is not None and (not allow_faults or not is_fault(task.fault)):
             raise OptbenchError(f"fault injection {task.fault!r} is not enabled on this worker")
         return task, CellSpec.from_dict(task.spec)
+
+
+ARGUMENTS_REPR_MAX = 1024  # Celery's `kwargsrepr_maxsize`
+
+
+def arguments_repr(kwargs: dict[str, Any]) -> str:
+    """What Flower shows as a task's arguments, as Celery's `saferepr` would make it (cut at ARGUMENTS_REPR_MAX
+    characters), at the cost of a `repr`: Celery's own walk of the spec took a third of each enqueue."""
+    text = repr(kwargs)
+    return text if len(text) <= ARGUMENTS_REPR_MAX else text[: ARGUMENTS_REPR_MAX - 3] + "..."
 
 
 class Returned:

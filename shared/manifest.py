@@ -72,11 +72,16 @@ def _field(run_id: str) -> str:
     return f"run:{run_id}"
 
 
+def _entry_json(entry: RunEntry) -> str:
+    """A run entry as stored (a shallow dict: `dataclasses.asdict` would deep-copy each spec first)."""
+    return json.dumps({field.name: getattr(entry, field.name) for field in dataclasses.fields(entry)})
+
+
 def save(client: redis.Redis, sweep: Sweep, ttl_seconds: int) -> None:
     """Write the whole manifest in one transaction, and index the sweep by creation time."""
     meta = {"id": sweep.id, "created_at": sweep.created_at, "spec": sweep.spec, "name": sweep.name}
     mapping = {"meta": json.dumps(meta)}
-    mapping.update({_field(rid): json.dumps(dataclasses.asdict(r)) for rid, r in sweep.runs.items()})
+    mapping.update({_field(rid): _entry_json(r) for rid, r in sweep.runs.items()})
     created = datetime.datetime.fromisoformat(sweep.created_at).timestamp()
     with client.pipeline(transaction=True) as pipe:
         pipe.hset(keys.sweep(sweep.id), mapping=mapping)
@@ -91,7 +96,7 @@ def add_runs(client: redis.Redis, sweep: Sweep, entries: list[RunEntry], spec_ch
     sweep.runs.update({entry.run_id: entry for entry in entries})
     meta = {"id": sweep.id, "created_at": sweep.created_at, "spec": sweep.spec, "name": sweep.name}
     mapping = {"meta": json.dumps(meta)}
-    mapping.update({_field(e.run_id): json.dumps(dataclasses.asdict(e)) for e in entries})
+    mapping.update({_field(e.run_id): _entry_json(e) for e in entries})
     with client.pipeline(transaction=True) as pipe:
         pipe.hset(keys.sweep(sweep.id), mapping=mapping)
         pipe.expire(keys.sweep(sweep.id), ttl_seconds)

@@ -7,6 +7,7 @@ invalid cell never reaches a GPU.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -90,7 +91,12 @@ class CellSpec:
         return f"{self.optimization}@bs{self.batch_size}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The spec as a JSON-ready dict (its one nested value, `model_kwargs`, copied: the dict is the caller's)."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        values["model_kwargs"] = copy.deepcopy(self.model_kwargs)
+        if self.input_shape is not None:
+            values["input_shape"] = list(self.input_shape)
+        return values
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellSpec:

@@ -9,13 +9,17 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
+from results.sequential import Looks
 from results.stats import (
     CONTENDED_WAIT_FRACTION,
     LEAD_COLUMNS,
     Ratio,
     aggregate,
     contended,
+    numeric,
     ratio_interval,
+    run_series,
+    usable_runs,
     value_interval,
     verdict,
 )
@@ -359,3 +363,69 @@ def test_a_rerun_cell_pairs_only_with_runs_rerun_with_it():
     assert cells_of(base + rerun).loc["fp16@bs1", "speedup_method"] == "welch_t_log"
     both = [{**row, "attempts": 2} for row in base] + rerun  # re-run together: rounds again
     assert cells_of(both).loc["fp16@bs1", "speedup_method"] == "paired_t_log"
+
+
+def random_sweep(seed: int, cells: int = 60, rounds: int = 5) -> pd.DataFrame:
+    """Runs of a messy sweep: failed, queued, running and unsupported runs, contended runs, NaN throughput, two
+    device names, re-runs, a model without a baseline at one batch size."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(cells):
+        optimization = ("baseline", "fp16", "prune", "aa_control", "bf16")[c % 5]
+        batch, model = 1 + (c // 5) % 3, f"m{c // 15}"
+        if model == "m3" and batch == 3 and optimization == "baseline":
+            continue  # its cells have nothing to compare with
+        for r in range(1, rounds + 1):
+            status = "unsupported" if c % 13 == 5 else str(rng.choice(["ok"] * 8 + ["failed", "queued", "running"]))
+            ok = status == "ok"
+            throughput = float(rng.lognormal(3, 0.2)) if ok and rng.random() > 0.05 else (math.nan if ok else None)
+            rows.append({
+                "sweep_id": "s", "run_id": f"{model}/{optimization}@bs{batch}#{r}",
+                "cell_id": f"{model}/{optimization}@bs{batch}", "repeat": r, "status": status,
+                "attempts": int(rng.choice([1, 1, 1, 2])), "model": model, "optimization": optimization,
+                "batch_size": batch, "image_size": 32, "device": "cpu",
+                "device_name": str(rng.choice(["A", "A", "A", "B"])) if ok else None,
+                "host": rng.choice(["h1", "h2", None]), "throughput_sps": throughput,
+                "latency_ms_p50": 1000 / throughput if throughput else None,
+                "noise_cpu_wait_fraction": float(rng.choice([0.0, 0.01, 0.2])) if ok else None,
+                "iterations": 10, "top1_agreement": float(rng.random()), "max_abs_error": float(rng.random()),
+                "error_type": None if ok or status in ("queued", "running") else "boom", "error": None,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_aggregate_of_a_messy_sweep_follows_the_per_cell_definitions(seed):
+    """`aggregate` works on all cells at once; each cell row must still be what the per-cell definitions give:
+    `ratio_interval` of the two cells' `run_series` at the row's confidence, `value_interval` of its usable runs,
+    medians, sums and worst values over them."""
+    runs = random_sweep(seed)
+    cells = aggregate(runs, looks=Looks.auto(10)).set_index("cell_id")
+    assert list(cells.index) == list(dict.fromkeys(runs["cell_id"]))
+    compared = 0
+    for cell_id, row in cells.iterrows():
+        mine = runs[runs["cell_id"] == cell_id]
+        used = usable_runs(mine)
+        source = used if len(used) else mine[mine["status"] == "ok"]
+        assert (row["repeats"], row["runs_used"]) == (len(mine), len(used))
+        assert row["throughput_sps"] == pytest.approx(source["throughput_sps"].median(), nan_ok=True)
+        assert row["iterations"] == pytest.approx(source["iterations"].sum(min_count=1), nan_ok=True)
+        assert row["top1_agreement"] == pytest.approx(source["top1_agreement"].min(), nan_ok=True)
+        low, high = value_interval(numeric(used, "throughput_sps"), 0.95)
+        assert (row["throughput_ci_low"], row["throughput_ci_high"]) == pytest.approx((low, high), nan_ok=True)
+        same = (cells["optimization"] == "baseline") & (cells["model"] == row["model"])
+        device = "" if pd.isna(row["device_name"]) else row["device_name"]
+        same &= (cells["batch_size"] == row["batch_size"]) & (cells["device_name"].fillna("") == device)
+        if row["optimization"] == "baseline" or not same.any():  # its baseline ran on the other device, or none did
+            assert row["verdict"] == ""
+            continue
+        base = runs[runs["cell_id"] == cells.index[same][-1]]
+        compared += 1
+        device = row["device_name"]
+        mine_series, base_series = (run_series(r, "throughput_sps", device) for r in (mine, base))
+        expected = ratio_interval(mine_series, base_series, row["verdict_confidence"])
+        assert row["speedup_method"] == expected.method
+        got = (row["speedup"], row["speedup_ci_low"], row["speedup_ci_high"])
+        assert got == pytest.approx((expected.estimate, expected.low, expected.high), rel=1e-9, nan_ok=True)
+        assert row["verdict"] == str(verdict(expected))
+    assert compared == cells["comparisons"].max() >= 10
