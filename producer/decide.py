@@ -26,7 +26,7 @@ from producer.sweep import AUTO, add_round, rounds_of
 from results.collect import cells_frame, runs_frame
 from results.formatting import ratio_text
 from results.sequential import looks_for
-from results.stats import AA_CONTROL, BASELINE, COUNTERPART_KEYS, Verdict
+from results.stats import AA_CONTROL, BASELINE, COUNTERPART_KEYS, VERDICT_INPUTS, Verdict
 from shared import manifest
 from shared.manifest import Sweep
 
@@ -121,7 +121,7 @@ def drive(
         sweep = manifest.load(client, sweep_id)
         if sweep.spec.get("repeats") != AUTO or sweep.spec.get("stopped"):
             return rows
-        cells = look(runs_frame(rows), sweep)
+        cells = look(runs_frame(rows, VERDICT_INPUTS), sweep)
         undecided = open_cells(cells)
         next_cells = next_round_cells(cells, undecided)
         reason = stop_reason(sweep, undecided, len(next_cells), datetime.datetime.now(datetime.timezone.utc))

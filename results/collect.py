@@ -12,6 +12,7 @@ or of timm) is refused: its cells would compare different models.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +38,9 @@ class Written:
     frame: pd.DataFrame | None = None  # the cell rows
 
 
-def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per run, grouped by cell in sweep order, in the run columns' order."""
-    return pd.DataFrame(
-        [{column: row.get(column) for column in RUN_COLUMNS} for row in rows], columns=list(RUN_COLUMNS)
-    )
+def runs_frame(rows: list[dict[str, Any]], columns: tuple[str, ...] = RUN_COLUMNS) -> pd.DataFrame:
+    """One row per run, grouped by cell in sweep order, in the run columns' order (or `columns` only)."""
+    return pd.DataFrame.from_records(rows, columns=list(columns)) if rows else pd.DataFrame(columns=list(columns))
 
 
 def cells_frame(runs: pd.DataFrame, min_effect: float = DEFAULT_MIN_EFFECT, looks: Looks | None = None) -> pd.DataFrame:
@@ -79,6 +78,17 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         raise
 
 
+def copy_atomically(source: Path, path: Path) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
 def collect(
     backend, sweep: Sweep, results_dir: Path, is_latest: bool, min_effect: float = DEFAULT_MIN_EFFECT
 ) -> Written:
@@ -92,6 +102,7 @@ def collect(
         frame=cells,
     )
     write_csv(runs, written.runs)
-    for path in (written.cells, *written.extra):
-        write_csv(cells, path)
+    write_csv(cells, written.cells)
+    for path in written.extra:  # the same bytes, copied and renamed in place: readers never see half a CSV
+        copy_atomically(written.cells, path)
     return written

@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as scipy_stats
+from scipy import special  # Student t: `stdtr` is its CDF, `stdtrit` its quantile (scipy.stats is slower to load)
 
 FIRST_LOOK = 3  # rounds before `--repeats auto` first decides: a t-interval of two rounds has 1 degree of freedom
 SPENDING_POWER = 1.0  # alpha * t**SPENDING_POWER is spent by the fraction t of the planned looks
@@ -123,7 +123,7 @@ def _p_value(steps: np.ndarray) -> np.ndarray:
     n = steps.shape[1]
     mean = steps.mean(axis=1)
     se = steps.std(axis=1, ddof=1) / math.sqrt(n)
-    return scipy_stats.t.sf(mean / se, n - 1)
+    return special.stdtr(n - 1, -mean / se)
 
 
 def rounds_to_decide(
@@ -153,4 +153,4 @@ def _unit_half_widths(confidence: float, limit: int) -> tuple[np.ndarray, np.nda
     """Rounds 2..limit and the half-width of a t-interval at `confidence` over that many rounds of unit SD (cached:
     a sweep's verdicts share a few confidences)."""
     n = np.arange(2, limit + 1)
-    return n, scipy_stats.t.ppf((1 + confidence) / 2, n - 1) / np.sqrt(n)
+    return n, special.stdtrit(n - 1, (1 + confidence) / 2) / np.sqrt(n)

@@ -12,6 +12,7 @@ the manifest's current task id of a run is read, so an older attempt never shows
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -67,11 +68,21 @@ def run_row(
     return row
 
 
+def decode(backend, payload: bytes | None) -> dict[str, Any]:
+    """A stored task meta; one never stored is PENDING. Plain JSON (Celery's default) is read by the stdlib's C
+    decoder: kombu's adds a Python hook per JSON object, a third of reading 50,000 results."""
+    if payload is None:
+        return {"status": "PENDING"}
+    if backend.content_type == "application/json" and payload[:1] == b"{":
+        return backend.meta_from_decoded(json.loads(payload))
+    return backend.decode_result(payload)  # compressed, or another serializer
+
+
 def sweep_rows(backend, sweep: Sweep) -> list[dict[str, Any]]:
     """Every run's row, grouped by cell in sweep order, read from the backend in two round trips."""
     runs = sweep.ordered_runs()
     raw = backend.mget([backend.get_key_for_task(run.task_id) for run in runs]) if runs else []
-    metas = [backend.decode_result(value) if value is not None else {"status": "PENDING"} for value in raw]
+    metas = [decode(backend, value) for value in raw]
     seen = liveness.last_seen(backend.client) if any(m["status"] in ("STARTED", "PROGRESS") for m in metas) else {}
     now = time.time()
     return [run_row(sweep, run, meta, seen, now) for run, meta in zip(runs, metas, strict=True)]
