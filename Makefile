@@ -72,8 +72,9 @@ worker: setup
 flower: setup
 	$(PY) -m producer flower --start-missing --broker $(BROKER) $(if $(FLOWER_ADDRESS),--address $(FLOWER_ADDRESS))
 
+# make status [SWEEP=<id>] [ALL=1]: the first 60 runs and verdicts (failed, lost, running first), ALL=1 every one
 status: setup
-	$(PY) -m producer status --start-missing --broker $(BROKER) --sweep $(SWEEP)
+	$(PY) -m producer status --start-missing --broker $(BROKER) --sweep $(SWEEP) $(if $(ALL),--all)
 
 collect: setup
 	$(PY) -m results collect --start-missing --sweep $(SWEEP)
