@@ -28,7 +28,6 @@ import contextlib
 import datetime
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -119,18 +118,21 @@ def purge() -> None:
                 connection.default_channel.queue_purge(queue)
 
 
-def timed_cli(env: dict[str, str], *command: str) -> Timed:
-    """Wall time and peak RSS of `python -m <command>` as a child process."""
+def timed_cli(env: dict[str, str], scratch: Path, *command: str) -> Timed:
+    """Wall time, peak RSS and CPU time of `python -m <command>` as a child process.
+
+    Started with posix_spawn, not fork: a forked child's peak RSS would count this benchmark's own pages
+    (torch is imported here), as Linux keeps a process's peak across exec."""
+    stderr = scratch / "cli.stderr"
+    actions = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+               (os.POSIX_SPAWN_OPEN, 2, str(stderr), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)]  # fmt: skip
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", *command], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    _, status, usage = os.wait4(process.pid, 0)
+    pid = os.posix_spawn(sys.executable, [sys.executable, "-m", *command], env, file_actions=actions)
+    _, status, usage = os.wait4(pid, 0)
     seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    error = process.stderr.read().decode()[-2000:]
-    process.stderr.close()
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}: {error}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {code}: {stderr.read_text()[-2000:]}")
     return Timed(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
@@ -226,7 +228,7 @@ def main() -> None:
                 env = service_env(url, broker, OPTBENCH_RESULTS_DIR=str(scratch / "results"))
                 env["PYTHONPATH"] = os.pathsep.join([str(blocker), str(REPO)])
                 for command, what in ((("producer", "status"), "status_s"), (("results", "collect"), "collect_s")):
-                    timings = [timed_cli(env, *command, "--sweep", sweep.id) for _ in range(args.times)]
+                    timings = [timed_cli(env, scratch, *command, "--sweep", sweep.id) for _ in range(args.times)]
                     seconds = statistics.median(t.seconds for t in timings)
                     cpu = statistics.median(t.cpu_seconds for t in timings)
                     footprint[f"{what}_cpu_ms_per_run_at_{runs}"] = cpu / runs * 1e3
