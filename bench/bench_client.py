@@ -26,8 +26,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -118,22 +120,30 @@ def purge() -> None:
                 connection.default_channel.queue_purge(queue)
 
 
-def timed_cli(env: dict[str, str], scratch: Path, *command: str) -> Timed:
+# Runs `python -m <argv>` in a child forked from this small interpreter and prints the child's rusage as JSON.
+LAUNCHER = """
+import json, os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", *sys.argv[1:]])
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"seconds": time.perf_counter() - started, "code": os.waitstatus_to_exitcode(status),
+                  "maxrss_kb": usage.ru_maxrss, "cpu_seconds": usage.ru_utime + usage.ru_stime}))
+"""
+
+
+def timed_cli(env: dict[str, str], *command: str) -> Timed:
     """Wall time, peak RSS and CPU time of `python -m <command>` as a child process.
 
-    Started with posix_spawn, not fork: a forked child's peak RSS would count this benchmark's own pages
-    (torch is imported here), as Linux keeps a process's peak across exec."""
-    stderr = scratch / "cli.stderr"
-    actions = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-               (os.POSIX_SPAWN_OPEN, 2, str(stderr), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)]  # fmt: skip
-    started = time.perf_counter()
-    pid = os.posix_spawn(sys.executable, [sys.executable, "-m", *command], env, file_actions=actions)
-    _, status, usage = os.wait4(pid, 0)
-    seconds = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {code}: {stderr.read_text()[-2000:]}")
-    return Timed(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+    The child is forked by a small launcher, not by this benchmark: Linux keeps a process's peak RSS across
+    exec, so a child forked from here would count this benchmark's own pages (torch is imported here)."""
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *command], env=env, capture_output=True, text=True,
+                          cwd=REPO, timeout=600)  # fmt: skip
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    if measured["code"] != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {measured['code']}: {done.stderr[-2000:]}")
+    return Timed(measured["seconds"], measured["maxrss_kb"] / 1024, measured["cpu_seconds"])
 
 
 def memory_usage(client, keys_: list[bytes | str]) -> float:
@@ -228,7 +238,7 @@ def main() -> None:
                 env = service_env(url, broker, OPTBENCH_RESULTS_DIR=str(scratch / "results"))
                 env["PYTHONPATH"] = os.pathsep.join([str(blocker), str(REPO)])
                 for command, what in ((("producer", "status"), "status_s"), (("results", "collect"), "collect_s")):
-                    timings = [timed_cli(env, scratch, *command, "--sweep", sweep.id) for _ in range(args.times)]
+                    timings = [timed_cli(env, *command, "--sweep", sweep.id) for _ in range(args.times)]
                     seconds = statistics.median(t.seconds for t in timings)
                     cpu = statistics.median(t.cpu_seconds for t in timings)
                     footprint[f"{what}_cpu_ms_per_run_at_{runs}"] = cpu / runs * 1e3

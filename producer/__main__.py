@@ -13,7 +13,6 @@ import sys
 
 from rich.console import Console
 
-from producer.model_check import check_models
 from producer.progress import TABLE_ROWS, Stalled, describe_unserved, status_table, unserved_queues
 from producer.sweep import (
     AUTO,
@@ -113,6 +112,8 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
             model_queues = {q for q in queues or () if q.startswith(keys.GPU_MODEL_QUEUE_PREFIX)}
             gpu_queue = gpu_queue_for(request.gpu_model, model_queues)
         gpu_queue = gpu_queue or keys.GPU_QUEUE
+        from producer.model_check import check_models  # only a sweep needs it: `status` starts faster without
+
         models = check_models(s.app, plan(request, device), gpu_queue, queues, s.settings.model_check_timeout)
         for model, built in models.items():
             console.print(
