@@ -304,8 +304,8 @@ class _Cells:
         return np.bincount(self.code[mask], minlength=self.count)
 
     def reduce(self, values: pd.DataFrame | pd.Series, mask: np.ndarray, how: str, **options) -> pd.DataFrame:
-        """`how` (median, sum, min, max, count, mean, std, var) of the masked runs' values per cell, NaN for a cell
-        with none."""
+        """A pandas group-by method (`median`, `sum`, `min`, `max`, or `agg` with `func=[...]`) of the masked runs'
+        values per cell, NaN for a cell with none."""
         grouped = values[mask].groupby(self.code[mask], sort=True)
         return getattr(grouped, how)(**options).reindex(range(self.count))
 

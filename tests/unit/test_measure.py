@@ -88,7 +88,7 @@ def test_back_to_back_throughput_times_n_calls_between_one_pair_of_timestamps():
 def test_back_to_back_length_is_about_a_second_and_at_least_ten_calls():
     budget = measure.Budget(0, 0.0, min_iters=100, min_seconds=5.0)
     assert measure.back_to_back_iterations(budget, mean_ms=1.0) == 1000  # capped at 1 s of 1 ms calls
-    assert measure.back_to_back_iterations(budget, mean_ms=499.0) == 5  # at least BACK_TO_BACK_MIN_CALLS = 5
+    assert measure.back_to_back_iterations(budget, mean_ms=499.0) == 10  # at least 10 calls
     assert measure.back_to_back_iterations(budget, mean_ms=500.0) == measure.SLOW_CALLS  # a slow call: 3
     short = measure.Budget(0, 0.0, min_iters=3, min_seconds=0.25)
     assert measure.back_to_back_iterations(short, mean_ms=1.0) == 250  # min_seconds when it is shorter
@@ -129,11 +129,11 @@ def test_slow_calls_are_counted_not_timed_for_seconds_and_the_row_says_why():
 def test_fast_calls_and_counts_the_user_set_keep_the_protocol():
     fast = measure.Budget(warmup_iters=2, warmup_seconds=0.0, min_iters=5, min_seconds=0.0)
     warmup, latency, back_to_back, why = measure_with(ScriptedTimer(499.0), fast)
-    assert (warmup.iterations, latency.iterations, back_to_back.iterations, why) == (2, 5, 5, None)
+    assert (warmup.iterations, latency.iterations, back_to_back.iterations, why) == (2, 5, 10, None)
     asked = measure.budget_for("cpu", warmup_iters=3, warmup_seconds=0.0, min_iters=4, min_seconds=0.0)
     assert not asked.count_slow_calls and measure.budget_for("cpu").count_slow_calls
     warmup, latency, back_to_back, why = measure_with(ScriptedTimer(4600.0), asked)
-    assert (warmup.iterations, latency.iterations, back_to_back.iterations, why) == (3, 4, 5, None)
+    assert (warmup.iterations, latency.iterations, back_to_back.iterations, why) == (3, 4, 10, None)
 
 
 class FakeDevice:

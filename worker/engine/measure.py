@@ -34,7 +34,7 @@ import torch
 
 SPREAD_CHECK_EVERY = 10  # timed calls between two checks of the spread gate
 BACK_TO_BACK_MAX_SECONDS = 1.0  # the back-to-back phase lasts about this long at most (estimated)
-BACK_TO_BACK_MIN_CALLS = 5  # ... and makes at least this many calls
+BACK_TO_BACK_MIN_CALLS = 10  # ... and makes at least this many calls
 SLOW_CALL_SECONDS = 0.5  # a call this long or longer is its own measurement: counted, not timed for seconds
 SLOW_WARMUP_CALLS = 2  # warm-up calls of slow calls
 SLOW_CALLS = 3  # timed calls, and back-to-back calls, of slow calls
