@@ -348,20 +348,20 @@ def send(app, sweep: Sweep, runs: list[RunEntry], faults: dict[str, str]) -> Non
     The producer never waits on a task's AsyncResult (it reads results in bulk: `shared.state`), so Celery's
     Redis backend is told not to subscribe to each one's result channel (`denied_join_result`)."""
     with denied_join_result(), app.producer_or_acquire() as producer:
-        if not producer.supports_batch_publish:
-            send_confirmed(app, sweep.id, runs, faults)
+        if producer.supports_batch_publish:
+            _declare_queues(app, producer, runs)
+            with producer.batch(max_size=SEND_BATCH):
+                for run in runs:
+                    _send_one(app, producer, sweep.id, run, faults)
             return
-        _declare_queues(app, producer, runs)
-        with producer.batch(max_size=SEND_BATCH):
-            for run in runs:
-                _send_one(app, producer, sweep.id, run, faults)
+    send_confirmed(app, sweep.id, runs, faults)
 
 
 def send_confirmed(app, sweep_id: str, runs: list[RunEntry], faults: dict[str, str]) -> None:
     """Publish on one channel in confirm mode, CONFIRM_WINDOW messages at a time, then wait until RabbitMQ has
     confirmed all of them (its "streaming confirms": a confirm per message, waited for as a batch, rather than
     one round trip to the disk per message); a nack or CONFIRM_TIMEOUT seconds of silence raises OptbenchError."""
-    with app.connection_for_write(transport_options={"confirm_publish": False}) as connection:
+    with denied_join_result(), app.connection_for_write(transport_options={"confirm_publish": False}) as connection:
         channel = connection.channel()
         channel.confirm_select()
         waiting: set[int] = set()

@@ -11,9 +11,11 @@ or of timm) is refused: its cells would compare different models.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,28 +67,24 @@ def check_same_model_code(runs: pd.DataFrame) -> None:
             )
 
 
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a CSV."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[str]:
+    """A temporary file beside `path` that replaces it when the block ends without error: readers never see
+    half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            frame.to_csv(stream, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
-def copy_atomically(source: Path, path: Path) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        shutil.copyfile(source, temporary)
+        yield temporary
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with replacing(path) as temporary:
+        frame.to_csv(temporary, index=False)
 
 
 def collect(
@@ -103,6 +101,7 @@ def collect(
     )
     write_csv(runs, written.runs)
     write_csv(cells, written.cells)
-    for path in written.extra:  # the same bytes, copied and renamed in place: readers never see half a CSV
-        copy_atomically(written.cells, path)
+    for path in written.extra:  # the same bytes, copied
+        with replacing(path) as temporary:
+            shutil.copyfile(written.cells, temporary)
     return written
