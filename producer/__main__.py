@@ -150,13 +150,13 @@ def cmd_sweep(args: argparse.Namespace, console: Console, state: dict) -> int:
 
 
 def cmd_status(args: argparse.Namespace, console: Console, state: dict) -> int:
-    from producer.decide import look, open_cells, verdict_table
+    from producer.decide import WATCHED_FIELDS, look, open_cells, verdict_table
     from results.collect import runs_frame
     from results.stats import VERDICT_INPUTS
 
     with session(args.start_missing, need_workers=False, broker=args.broker) as s:
         sweep = manifest.load(s.client, args.sweep)
-        rows = sweep_rows(s.app.backend, sweep)
+        rows = sweep_rows(s.app.backend, sweep, WATCHED_FIELDS)
         limit = None if args.all else TABLE_ROWS
         console.print(status_table(sweep, rows, limit))
         cells = look(runs_frame(rows, VERDICT_INPUTS), sweep)

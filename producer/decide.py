@@ -21,7 +21,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from producer.progress import TABLE_ROWS, wait
+from producer.progress import TABLE_FIELDS, TABLE_ROWS, wait
 from producer.sweep import AUTO, add_round, rounds_of
 from results.collect import cells_frame, runs_frame
 from results.formatting import ratio_text
@@ -33,6 +33,8 @@ from shared.manifest import Sweep
 STOPPED_DECIDED = "every cell decided"
 STOPPED_MAX = "max_repeats reached"
 STOPPED_BUDGET = "time budget reached"
+# What watching a sweep reads of each stored result: the verdicts' inputs and the status table's fields.
+WATCHED_FIELDS = (*VERDICT_INPUTS, *TABLE_FIELDS)
 
 
 def open_cells(cells: pd.DataFrame) -> list[str]:
@@ -117,7 +119,7 @@ def drive(
     Returns the final run rows."""
     announced: dict[str, int] = {}  # runs whose completion line is printed: each once, across rounds
     while True:
-        rows = wait(backend, client, sweep_id, console, online_queues, stall_seconds, announced)
+        rows = wait(backend, client, sweep_id, console, online_queues, stall_seconds, announced, WATCHED_FIELDS)
         sweep = manifest.load(client, sweep_id)
         if sweep.spec.get("repeats") != AUTO or sweep.spec.get("stopped"):
             return rows

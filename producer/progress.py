@@ -21,6 +21,8 @@ POLL_SECONDS = 1.0
 QUEUE_CHECK_SECONDS = 10.0
 TABLE_ROWS = 60  # rows of a status or verdict table before it lists only the first ones (`status --all`: all)
 ATTENTION_FIRST = {"failed": 0, "lost": 1, "running": 2}  # in a shortened table, these runs come first
+# The result fields a status table and the completion lines show (`sweep_rows` decodes only the fields asked for).
+TABLE_FIELDS = ("device", "device_name", "latency_ms_p50", "latency_ms_p99", "throughput_sps", "error_type", "error")
 
 
 class Stalled(OptbenchError):
@@ -100,12 +102,14 @@ def wait(
     online_queues: Callable[[], set[str] | None],
     stall_seconds: float,
     announced: dict[str, int] | None = None,
+    fields: tuple[str, ...] = TABLE_FIELDS,
 ) -> list[dict[str, Any]]:
     """Show progress until every run of the sweep has finished; the final rows.
 
     `announced` (run id -> attempt) holds the runs whose completion line is already printed, so that waiting
-    again after a new round prints only the new ones. Raises Stalled when nothing changed (no run started,
-    advanced a phase or finished) for `stall_seconds`, saying which queues no online worker consumes.
+    again after a new round prints only the new ones. The rows carry the result `fields` only. Raises Stalled
+    when nothing changed (no run started, advanced a phase or finished) for `stall_seconds`, saying which
+    queues no online worker consumes.
     """
     announced = {} if announced is None else announced
     columns = (
@@ -124,7 +128,7 @@ def wait(
         while True:
             try:
                 sweep = manifest.load(client, sweep_id)  # a rerun may have changed a run's task meanwhile
-                rows = sweep_rows(backend, sweep)
+                rows = sweep_rows(backend, sweep, fields)
             except redis.ConnectionError as exc:  # Redis restarting: the workers reconnect, and so do we
                 progress.console.print(f"[yellow]Redis unreachable ({exc}); retrying[/]", highlight=False)
                 time.sleep(5 * POLL_SECONDS)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import redis
 
 from shared import keys
@@ -56,6 +57,9 @@ class Sweep:
         """Runs grouped by cell in the sweep's cell order, then by repeat."""
         order = {cell: index for index, cell in enumerate(self.cell_ids())}
         return sorted(self.runs.values(), key=lambda r: (order.get(r.cell_id, len(order)), r.repeat))
+
+
+_ENTRY_DECODER = msgspec.json.Decoder(RunEntry)  # a stored entry straight into a RunEntry, in C
 
 
 def new_sweep_id() -> str:
@@ -190,6 +194,6 @@ def load(client: redis.Redis, ref: str) -> Sweep:
         raise OptbenchError(f"sweep {sweep_id} was made by an older optbench (one run per cell): sweep it again")
     runs = {}
     for raw in fields.values():
-        entry = RunEntry(**json.loads(raw))
+        entry = _ENTRY_DECODER.decode(raw)
         runs[entry.run_id] = entry
     return Sweep(id=meta["id"], created_at=meta["created_at"], spec=meta["spec"], name=meta["name"], runs=runs)

@@ -147,6 +147,22 @@ def test_sweep_ran_every_run_ok_without_torch(sweep_id, app, redis_client):
     assert {row["status"] for row in rows} == {"ok"}, rows
 
 
+def test_rows_of_some_fields_are_the_full_rows_cut_to_them(sweep_id, app, redis_client):
+    from producer.decide import WATCHED_FIELDS
+    from shared import manifest
+    from shared.result import FIELD_NAMES
+    from shared.state import sweep_rows
+
+    sweep = manifest.load(redis_client, sweep_id)
+    full, watched = sweep_rows(app.backend, sweep), sweep_rows(app.backend, sweep, WATCHED_FIELDS)
+    left_out = set(FIELD_NAMES) - set(WATCHED_FIELDS)
+    assert "latency_ms_p90" in left_out and "throughput_sps" in WATCHED_FIELDS
+    for whole, cut in zip(full, watched, strict=True):
+        assert cut == {name: whole[name] for name in cut}
+        assert set(whole) - set(cut) == left_out - {"requested_device"}  # the manifest's, in every row
+    assert app.backend.task_keyprefix + b"x" == app.backend.get_key_for_task("x")  # as sweep_rows builds keys
+
+
 def test_status(sweep_id, client_env, blocked_log):
     done = ok(client("producer", "status", "--sweep", sweep_id, env=client_env), blocked_log)
     assert "prune@bs1" in done.stdout and "baseline@bs1" in done.stdout
