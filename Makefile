@@ -32,7 +32,7 @@ SWEEP_ARGS = $(if $(MODELS),--model $(MODELS),$(if $(MODEL),--model $(MODEL))) \
              $(if $(REPEATS),--repeats $(REPEATS)) $(if $(MAX_REPEATS),--max-repeats $(MAX_REPEATS)) \
              $(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET))
 
-.PHONY: setup sweep resume decide worker flower status collect report recommend rerun cell compare test bench lint docs clean
+.PHONY: setup sweep resume decide worker flower status collect report recommend rerun cell compare test fleet-test bench lint docs clean
 
 # The venv is rebuilt only when pyproject.toml changes (idempotent). redis-server and rabbitmq-server
 # are system packages: installed with apt-get when missing and we are root.
@@ -105,6 +105,12 @@ test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not serial" -n 2 --dist loadscope
 	$(PY) -m pytest -m serial
+
+# The fleet as containers (not part of `make test`; root and Debian's docker.io, installed when missing): a private
+# dockerd, the worker image from Dockerfile.gpu on a local Debian base (CPU only), Redis, RabbitMQ, Flower and two
+# worker hosts on a private network; a sweep, the image's qualities, and kill/partition/Redis restart/SIGTERM faults.
+fleet-test: setup
+	$(PY) -m pytest tests/fleet -p no:xdist -p no:randomly -v
 
 bench: setup
 	$(PY) bench/bench_cell_timer.py
