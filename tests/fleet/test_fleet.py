@@ -22,7 +22,7 @@ from shared import manifest
 from shared.connection import connect
 from shared.state import FINISHED, sweep_rows
 from tests.fleet import docker as d
-from tests.fleet.conftest import (
+from tests.fleet.fleet import (
     FLOWER_USER,
     HOSTS,
     NETWORK,
