@@ -22,9 +22,10 @@ def fleet():
         try:
             build(fleet, d.base_image())
             size = int(d.docker("image", "inspect", "-f", "{{.Size}}", WORKER_IMAGE))
+            seconds = fleet.build_seconds["worker"]
             SUMMARY.append(
-                f"worker image {WORKER_IMAGE}: {size / 1e9:.2f} GB, built in {fleet.build_seconds['worker']:.0f} s "
-                f"(head image {fleet.build_seconds['head']:.0f} s; a cached build takes seconds)"
+                f"worker image {WORKER_IMAGE}: {size / 1e9:.2f} GB, built in {seconds:.0f} s"
+                f"{' (from the build cache of an earlier run)' if seconds < 60 else ''}"
             )
             bring_up(fleet)
             from shared.celery_app import use_services

@@ -23,7 +23,10 @@ STATE = Path(os.environ.get("OPTBENCH_FLEET_STATE", "/var/lib/optbench-fleet"))
 RUN_ROOT = Path("/run/optbench-fleet")
 SOCKET = RUN_ROOT / "docker.sock"
 LABEL = "optbench.fleet-test"  # on every container, network and volume the test makes
-BASE_IMAGE = "optbench-fleet-base:bookworm"  # Debian bookworm (minbase) made by debootstrap: no registry here
+# The base of the test's images (CPU only; real fleets keep Dockerfile.gpu's CUDA base): Debian bookworm, pulled,
+# or made here by debootstrap when no registry answers.
+CONFIGURED_BASE = os.environ.get("OPTBENCH_FLEET_BASE", "debian:bookworm-slim")
+LOCAL_BASE = "optbench-fleet-base:bookworm"
 # What the test needs, and the Debian package that brings it.
 TOOLS = {"dockerd": "docker.io", DOCKER: "docker.io", "debootstrap": "debootstrap"}
 
@@ -34,9 +37,11 @@ def ensure_tools() -> None:
     if not missing:
         return
     print(f"fleet-test: installing {', '.join(missing)} (apt-get)", flush=True)
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env={**os.environ, "DEBIAN_FRONTEND":
-                   "noninteractive"})  # fmt: skip
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND":
+                              "noninteractive"})  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-1000:]}")
 
 
 def env() -> dict[str, str]:
@@ -110,16 +115,26 @@ def has_image(name: str) -> bool:
 
 
 def base_image() -> str:
-    """The local Debian bookworm base (debootstrap --variant=minbase, then `docker import`), made once."""
-    if not has_image(BASE_IMAGE):
-        print(f"fleet-test: making {BASE_IMAGE} with debootstrap (~1 min)", flush=True)
+    """The base of the test's images: CONFIGURED_BASE if it is here or can be pulled, else a local Debian bookworm
+    (debootstrap --variant=minbase, then `docker import`), made once and kept."""
+    if has_image(CONFIGURED_BASE):
+        return CONFIGURED_BASE
+    pulled = subprocess.run([DOCKER, "pull", "-q", CONFIGURED_BASE], env=env(), capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    if pulled.returncode == 0:
+        return CONFIGURED_BASE
+    reason = (pulled.stderr.strip().splitlines() or ["no reason given"])[-1]
+    made = has_image(LOCAL_BASE)
+    print(f"fleet-test: can't pull {CONFIGURED_BASE} ({reason}); "
+          f"{'using' if made else 'making (debootstrap, ~1 min)'} {LOCAL_BASE}", flush=True)  # fmt: skip
+    if not made:
         with tempfile.TemporaryDirectory(prefix="optbench-base-") as root:
             subprocess.run(["debootstrap", "--variant=minbase", "bookworm", root], check=True, capture_output=True)
             tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
-            subprocess.run([DOCKER, "import", "-", BASE_IMAGE], env=env(), stdin=tar.stdout, check=True,
+            subprocess.run([DOCKER, "import", "-", LOCAL_BASE], env=env(), stdin=tar.stdout, check=True,
                            capture_output=True)  # fmt: skip
             tar.wait()
-    return BASE_IMAGE
+    return LOCAL_BASE
 
 
 def remove_labelled() -> None:
