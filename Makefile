@@ -103,7 +103,7 @@ cell: setup
 # (timing, CPU contention) alone on a quiet machine.
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -m "not serial" -n 2 --dist loadscope
+	$(PY) -m pytest -m "not serial" -n 2 --dist loadscope --durations=15
 	$(PY) -m pytest -m serial
 
 # The fleet as containers (not part of `make test`; root and Debian's docker.io, installed when missing): a private
