@@ -392,9 +392,10 @@ def _hosts(runs: pd.DataFrame, cells: _Cells, ok: np.ndarray) -> list[str]:
     mask = ok & runs["host"].notna().to_numpy()
     hosts = pd.DataFrame({"cell": cells.code[mask], "host": runs["host"][mask].astype(str).to_numpy()})
     hosts = hosts.drop_duplicates().sort_values(["cell", "host"])
+    # Grouped in plain Python: pandas' group-by join calls Python once per cell (0.4 s at 10,000 cells).
     per_cell: dict[int, list[str]] = {}
-    for code, host in zip(hosts["cell"].tolist(), hosts["host"].tolist(), strict=True):  # a join per group in pandas
-        per_cell.setdefault(code, []).append(host)  # costs a Python call per cell: 0.4 s at 10,000 cells
+    for code, host in zip(hosts["cell"].tolist(), hosts["host"].tolist(), strict=True):
+        per_cell.setdefault(code, []).append(host)
     for code, names in per_cell.items():
         texts[code] = ",".join(names)
     return texts
