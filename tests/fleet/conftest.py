@@ -36,6 +36,7 @@ def fleet():
             with contextlib.suppress(Exception):
                 save_logs()
             d.remove_labelled()
+            d.prune_old_builds()
 
 
 def pytest_terminal_summary(terminalreporter):

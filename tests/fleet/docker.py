@@ -22,6 +22,7 @@ DOCKER = os.environ.get("OPTBENCH_FLEET_DOCKER", "/usr/bin/docker")
 STATE = Path(os.environ.get("OPTBENCH_FLEET_STATE", "/var/lib/optbench-fleet"))
 RUN_ROOT = Path("/run/optbench-fleet")
 SOCKET = RUN_ROOT / "docker.sock"
+KEEP_BUILD_CACHE = "20GB"  # enough for the current images' layers: a rerun builds from cache
 LABEL = "optbench.fleet-test"  # on every container, network and volume the test makes
 # The base of the test's images (CPU only; real fleets keep Dockerfile.gpu's CUDA base): Debian bookworm, pulled,
 # or made here by debootstrap when no registry answers.
@@ -144,3 +145,10 @@ def remove_labelled() -> None:
         names = docker(*listing, "--filter", f"label={LABEL}", check=False).split()
         if names:
             docker(kind, "rm", *(["-f"] if kind == "container" else []), *names, check=False, timeout=120)
+
+
+def prune_old_builds() -> None:
+    """Bound the daemon's disk: images no tag names any more and build cache past KEEP_BUILD_CACHE (each change of
+    pyproject.toml or Dockerfile.gpu leaves ~14 GB of layers behind)."""
+    docker("image", "prune", "-f", check=False, timeout=600)
+    docker("builder", "prune", "-f", "--keep-storage", KEEP_BUILD_CACHE, check=False, timeout=600)
