@@ -110,7 +110,7 @@ test: setup
 # dockerd, the worker image from Dockerfile.gpu on a local Debian base (CPU only), Redis, RabbitMQ, Flower and two
 # worker hosts on a private network; a sweep, the image's qualities, and kill/partition/Redis restart/SIGTERM faults.
 fleet-test: setup
-	$(PY) -m pytest tests/fleet -p no:xdist -p no:randomly -v
+	$(PY) -m pytest tests/fleet -p no:xdist -p no:randomly -v -s  # -s: what it installs, pulls or makes is said as it happens
 
 bench: setup
 	$(PY) bench/bench_cell_timer.py
