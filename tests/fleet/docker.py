@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from shared.processes import stop_process, wait_for
+
 # docker.io's own client, not another one on PATH: it speaks BuildKit (build secrets) with its daemon.
 DOCKER = os.environ.get("OPTBENCH_FLEET_DOCKER", "/usr/bin/docker")
 STATE = Path(os.environ.get("OPTBENCH_FLEET_STATE", "/var/lib/optbench-fleet"))
@@ -49,9 +51,9 @@ def env() -> dict[str, str]:
     return {**os.environ, "DOCKER_HOST": f"unix://{SOCKET}", "DOCKER_BUILDKIT": "1"}
 
 
-def docker(*args: str, check: bool = True, timeout: float = 300, input: str | None = None) -> str:
+def docker(*args: str, check: bool = True, timeout: float = 300) -> str:
     """`docker ARGS` against the private daemon; its standard output, stripped. Raises with stderr on failure."""
-    done = subprocess.run([DOCKER, *args], env=env(), capture_output=True, text=True, timeout=timeout, input=input)
+    done = subprocess.run([DOCKER, *args], env=env(), capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
     return done.stdout.strip()
@@ -86,19 +88,11 @@ def private_daemon(log_path: Path) -> Iterator[None]:
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while subprocess.run([DOCKER, "info"], env=env(), capture_output=True).returncode != 0:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dockerd did not start (exit {process.poll()}); see {log_path}")
-            time.sleep(0.5)
+        answers = lambda: subprocess.run([DOCKER, "info"], env=env(), capture_output=True).returncode == 0  # noqa: E731
+        wait_for(answers, 60, f"dockerd (log: {log_path})", process)
         yield
     finally:
-        process.terminate()  # dockerd stops its containers, then itself
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=60)  # SIGTERM: dockerd stops its containers, then itself
 
 
 def pip_cert() -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,12 +20,12 @@ import requests
 from shared import manifest
 from shared.connection import connect
 from shared.state import FINISHED, sweep_rows
+from tests.conftest import run_cli
 from tests.fleet import docker as d
 from tests.fleet.fleet import (
     FLOWER_USER,
     HOSTS,
     NETWORK,
-    REPO,
     SUMMARY,
     WORKER_IMAGE,
     Fleet,
@@ -46,8 +45,7 @@ def producer(fleet: Fleet, *args: str, tmp: Path, timeout: float = 900) -> subpr
     """`python -m producer ARGS` on this machine, reaching the head through its loopback ports."""
     env = {**os.environ, "OPTBENCH_REDIS_URL": fleet.redis_url, "OPTBENCH_BROKER_URL": fleet.broker_url,
            "OPTBENCH_RESULTS_DIR": str(tmp / "results")}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "producer", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return run_cli("producer", *args, env=env, timeout=timeout)
 
 
 def start_sweep(fleet: Fleet, tmp: Path, *args: str) -> str:
