@@ -33,6 +33,7 @@ from producer.sweep import (
     runs_named,
 )
 from shared import config, keys, manifest
+from shared.bulk import gc_paused
 from shared.cli import OneLineParser, add_cell_arguments, one_line_errors
 from shared.config import DEFAULT_MAX_REPEATS
 from shared.errors import OptbenchError
@@ -159,7 +160,8 @@ def cmd_status(args: argparse.Namespace, console: Console, state: dict) -> int:
         rows = sweep_rows(s.app.backend, sweep, WATCHED_FIELDS)
         limit = None if args.all else TABLE_ROWS
         console.print(status_table(sweep, rows, limit))
-        cells = look(runs_frame(rows, VERDICT_INPUTS), sweep)
+        with gc_paused():
+            cells = look(runs_frame(rows, VERDICT_INPUTS), sweep)
         if (cells["verdict"].astype(str) != "").any():
             undecided = [] if sweep.spec.get("stopped") or sweep.spec.get("repeats") != AUTO else open_cells(cells)
             stopped = f" (stopped: {sweep.spec['stopped']})" if sweep.spec.get("stopped") else ""

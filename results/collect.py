@@ -24,6 +24,7 @@ import pandas as pd
 
 from results.sequential import Looks, looks_for
 from results.stats import aggregate
+from shared.bulk import gc_paused
 from shared.config import DEFAULT_MIN_EFFECT
 from shared.errors import OptbenchError
 from shared.manifest import Sweep
@@ -57,14 +58,15 @@ def check_same_model_code(runs: pd.DataFrame) -> None:
     if "model_sha256" not in runs.columns:
         return
     ok = runs[(runs["status"] == "ok") & runs["model_sha256"].notna()]
-    for model, group in ok.groupby("model", sort=False):
+    hashes = ok.groupby("model", sort=False)["model_sha256"].nunique()
+    for model in hashes.index[hashes > 1]:
+        group = ok[ok["model"] == model]
         by_hash = group.groupby("model_sha256", sort=False)["worker"].agg(lambda w: ", ".join(sorted(set(map(str, w)))))
-        if len(by_hash) > 1:
-            seen = "; ".join(f"sha256 {sha[:12]} on {workers}" for sha, workers in by_hash.items())
-            raise OptbenchError(
-                f"model {model} was measured with different model code ({seen}): install the same code on every "
-                "worker and re-run its cells; its runs are not aggregated"
-            )
+        seen = "; ".join(f"sha256 {sha[:12]} on {workers}" for sha, workers in by_hash.items())
+        raise OptbenchError(
+            f"model {model} was measured with different model code ({seen}): install the same code on every "
+            "worker and re-run its cells; its runs are not aggregated"
+        )
 
 
 @contextlib.contextmanager
@@ -91,8 +93,9 @@ def collect(
     backend, sweep: Sweep, results_dir: Path, is_latest: bool, min_effect: float = DEFAULT_MIN_EFFECT
 ) -> Written:
     """Write the sweep's runs CSV and cells CSV (and benchmark_results.csv when it is the latest sweep)."""
-    runs = runs_frame(sweep_rows(backend, sweep))
-    cells = cells_frame(runs, min_effect, looks_for(sweep.spec))
+    with gc_paused():
+        runs = runs_frame(sweep_rows(backend, sweep))
+        cells = cells_frame(runs, min_effect, looks_for(sweep.spec))
     written = Written(
         cells=results_dir / f"{sweep.id}.csv",
         runs=results_dir / f"{sweep.id}_runs.csv",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import operator
 import secrets
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import msgspec
 import redis
 
 from shared import keys
+from shared.bulk import gc_paused
 from shared.contract import CellTask
 from shared.errors import OptbenchError
 
@@ -54,9 +56,14 @@ class Sweep:
         return list(self.spec["cells"])
 
     def ordered_runs(self) -> list[RunEntry]:
-        """Runs grouped by cell in the sweep's cell order, then by repeat."""
-        order = {cell: index for index, cell in enumerate(self.cell_ids())}
-        return sorted(self.runs.values(), key=lambda r: (order.get(r.cell_id, len(order)), r.repeat))
+        """Runs grouped by cell in the sweep's cell order, then by repeat (runs of cells the spec doesn't list
+        last, by repeat)."""
+        by_cell: dict[str, list[RunEntry]] = {cell: [] for cell in self.cell_ids()}
+        others: list[RunEntry] = []
+        for run in self.runs.values():
+            by_cell.get(run.cell_id, others).append(run)
+        by_repeat = operator.attrgetter("repeat")
+        return [run for runs in (*by_cell.values(), others) for run in sorted(runs, key=by_repeat)]
 
 
 _ENTRY_DECODER = msgspec.json.Decoder(RunEntry)  # a stored entry straight into a RunEntry, in C
@@ -185,15 +192,14 @@ def load(client: redis.Redis, ref: str) -> Sweep:
     sweep_id = latest_id(client) if ref == "latest" else ref
     if sweep_id is None:
         raise OptbenchError("there is no sweep yet: start one with `make sweep` or `python -m producer sweep`")
-    fields = client.hgetall(keys.sweep(sweep_id))
+    with gc_paused():
+        fields = client.hgetall(keys.sweep(sweep_id))
     if not fields:
         client.zrem(keys.SWEEPS, sweep_id)
         raise OptbenchError(f"unknown sweep {sweep_id!r} (`python -m producer status --sweep latest` shows the newest)")
     meta = json.loads(fields.pop(b"meta"))
     if any(name.startswith(b"cell:") for name in fields):
         raise OptbenchError(f"sweep {sweep_id} was made by an older optbench (one run per cell): sweep it again")
-    runs = {}
-    for raw in fields.values():
-        entry = _ENTRY_DECODER.decode(raw)
-        runs[entry.run_id] = entry
+    with gc_paused():
+        runs = {entry.run_id: entry for entry in map(_ENTRY_DECODER.decode, fields.values())}
     return Sweep(id=meta["id"], created_at=meta["created_at"], spec=meta["spec"], name=meta["name"], runs=runs)

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from shared import liveness
+from shared.bulk import gc_paused
 from shared.manifest import RunEntry, Sweep
 from shared.result import FIELD_NAMES, Status
 
@@ -70,23 +71,15 @@ def run_row(
     return row
 
 
-class _StoredMeta(msgspec.Struct):
-    """A stored task meta, its result left undecoded."""
-
-    status: str
-    result: msgspec.Raw = msgspec.Raw(b"null")
-
-
-_META_DECODER = msgspec.json.Decoder(_StoredMeta)
-
-
 @functools.cache
-def _row_decoder(columns: tuple[str, ...]) -> msgspec.json.Decoder:
-    """Decodes an envelope keeping only `columns` of its result row: msgspec skips the other fields in C."""
+def _meta_decoder(columns: tuple[str, ...]) -> msgspec.json.Decoder:
+    """Decodes a stored task meta in one pass, keeping only `columns` of a result row (msgspec skips the other
+    fields in C). A meta whose result is not an object (a state other than SUCCESS may store anything) fails
+    validation, and is then decoded in full."""
     unset = msgspec.UNSET  # a field the stored row lacks stays out of the dict, as with a full decode
     row = msgspec.defstruct("Row", [(name, Any, unset) for name in columns])
-    envelope = msgspec.defstruct("Envelope", [("result", row), ("worker", Any, unset), ("tries", Any, unset)])
-    return msgspec.json.Decoder(envelope)
+    envelope = msgspec.defstruct("Envelope", [("result", row, unset), ("worker", Any, None), ("tries", Any, None)])
+    return msgspec.json.Decoder(msgspec.defstruct("Meta", [("status", str), ("result", envelope | None, None)]))
 
 
 def decode(backend, payload: bytes | None, columns: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -98,9 +91,14 @@ def decode(backend, payload: bytes | None, columns: tuple[str, ...] | None = Non
     if backend.content_type != "application/json" or payload[:1] != b"{":
         return backend.decode_result(payload)  # compressed, or another serializer
     if columns is not None:
-        meta = _META_DECODER.decode(payload)
-        if meta.status == "SUCCESS":
-            return {"status": "SUCCESS", "result": msgspec.to_builtins(_row_decoder(columns).decode(meta.result))}
+        try:
+            meta = _meta_decoder(columns).decode(payload)
+        except msgspec.ValidationError:
+            meta = None
+        envelope = meta.result if meta is not None and meta.status == "SUCCESS" else None
+        if envelope is not None and envelope.result is not msgspec.UNSET:
+            row = msgspec.to_builtins(envelope.result)
+            return {"status": "SUCCESS", "result": {"result": row, "worker": envelope.worker, "tries": envelope.tries}}
     return backend.meta_from_decoded(json.loads(payload))
 
 
@@ -111,9 +109,11 @@ def sweep_rows(backend, sweep: Sweep, columns: tuple[str, ...] | None = None) ->
     """
     runs = sweep.ordered_runs()
     prefix = backend.task_keyprefix  # b"celery-task-meta-": the key of a task id is built here, in bulk
-    raw = backend.mget([prefix + run.task_id.encode() for run in runs]) if runs else []
     wanted = None if columns is None else tuple(sorted(set(columns) & set(FIELD_NAMES)))
-    metas = [decode(backend, value, wanted) for value in raw]
-    seen = liveness.last_seen(backend.client) if any(m["status"] in ("STARTED", "PROGRESS") for m in metas) else {}
-    now = time.time()
-    return [run_row(sweep, run, meta, seen, now) for run, meta in zip(runs, metas, strict=True)]
+    with gc_paused():
+        raw = backend.mget([prefix + run.task_id.encode() for run in runs]) if runs else []
+        metas = [decode(backend, value, wanted) for value in raw]
+        running = any(meta["status"] in ("STARTED", "PROGRESS") for meta in metas)
+        seen = liveness.last_seen(backend.client) if running else {}
+        now = time.time()
+        return [run_row(sweep, run, meta, seen, now) for run, meta in zip(runs, metas, strict=True)]
