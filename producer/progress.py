@@ -18,6 +18,7 @@ from shared.manifest import Sweep
 from shared.state import FINISHED, sweep_rows
 
 POLL_SECONDS = 1.0
+WAIT_PER_READ = 2.0  # a look at a big sweep is followed by twice its read time of waiting
 QUEUE_CHECK_SECONDS = 10.0
 TABLE_ROWS = 60  # rows of a status or verdict table before it lists only the first ones (`status --all`: all)
 ATTENTION_FIRST = {"failed": 0, "lost": 1, "running": 2}  # in a shortened table, these runs come first
@@ -94,6 +95,13 @@ def describe_unserved(unserved: dict[str, int]) -> str:
     )
 
 
+def poll_pause(read_seconds: float) -> float:
+    """Seconds to wait before the next look: POLL_SECONDS, or longer for a sweep that takes a while to read, so
+    that watching it spends at most a third of the time reading (a 50,000-run sweep takes seconds to read: polling
+    it back to back would keep a core of the client and Redis busy)."""
+    return max(POLL_SECONDS, WAIT_PER_READ * read_seconds)
+
+
 def wait(
     backend,
     client: redis.Redis,
@@ -126,6 +134,7 @@ def wait(
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("starting", total=None)
         while True:
+            started = time.monotonic()
             try:
                 sweep = manifest.load(client, sweep_id)  # a rerun may have changed a run's task meanwhile
                 rows = sweep_rows(backend, sweep, fields)
@@ -162,4 +171,4 @@ def wait(
             if unserved:
                 description += f" [yellow]({describe_unserved(unserved)})[/]"
             progress.update(bar, total=len(rows), completed=finished, description=description)
-            time.sleep(POLL_SECONDS)
+            time.sleep(poll_pause(time.monotonic() - started))

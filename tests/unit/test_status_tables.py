@@ -1,4 +1,5 @@
-"""The status and verdict tables of a big sweep: the runs that need attention first, the rest counted."""
+"""Watching a big sweep: the runs that need attention first in its tables, the rest counted; looks spaced by their
+cost."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pandas as pd
 from rich.console import Console
 
 from producer.decide import verdict_table
-from producer.progress import TABLE_ROWS, status_table
+from producer.progress import POLL_SECONDS, TABLE_ROWS, WAIT_PER_READ, poll_pause, status_table
 from shared.manifest import Sweep
 
 
@@ -36,3 +37,8 @@ def test_a_big_sweeps_verdict_table_counts_every_verdict():
                           "verdict": ["faster"] * 70 + ["inconclusive"] * 30, "rounds_to_decide": None})  # fmt: skip
     text = rendered(verdict_table(cells, [], "verdicts"))
     assert f"{100 - TABLE_ROWS} more cells not listed; all 100 verdicts: 70 faster, 30 inconclusive" in text
+
+
+def test_a_sweep_that_takes_seconds_to_read_is_looked_at_less_often():
+    assert poll_pause(0.05) == POLL_SECONDS  # a small sweep: once a second
+    assert poll_pause(3.0) == WAIT_PER_READ * 3.0 > POLL_SECONDS  # 50,000 runs: reading is at most a third of the time
