@@ -83,9 +83,10 @@ def _meta_decoder(columns: tuple[str, ...]) -> msgspec.json.Decoder:
 
 
 def decode(backend, payload: bytes | None, columns: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """A stored task meta; one never stored is PENDING. Plain JSON (Celery's default) is read by the stdlib's C
-    decoder (kombu's adds a Python hook per JSON object, a third of reading 50,000 results); with `columns`, a
-    stored result keeps only those fields of its row, read by msgspec without building the others."""
+    """A stored task meta; one never stored is PENDING. Plain JSON (Celery's default) is read by msgspec (kombu's
+    decoder adds a Python hook per JSON object, a third of reading 50,000 results; the stdlib's takes twice
+    msgspec's time); with `columns`, a stored result keeps only those fields of its row, never building the
+    others. JSON only Python reads (NaN, which a row's nested values might hold) goes to the stdlib's decoder."""
     if payload is None:
         return {"status": "PENDING"}
     if backend.content_type != "application/json" or payload[:1] != b"{":
@@ -93,13 +94,17 @@ def decode(backend, payload: bytes | None, columns: tuple[str, ...] | None = Non
     if columns is not None:
         try:
             meta = _meta_decoder(columns).decode(payload)
-        except msgspec.ValidationError:
+        except msgspec.MsgspecError:  # not the shape above, or JSON that only Python's decoder reads (NaN)
             meta = None
         envelope = meta.result if meta is not None and meta.status == "SUCCESS" else None
         if envelope is not None and envelope.result is not msgspec.UNSET:
             row = msgspec.to_builtins(envelope.result)
             return {"status": "SUCCESS", "result": {"result": row, "worker": envelope.worker, "tries": envelope.tries}}
-    return backend.meta_from_decoded(json.loads(payload))
+    try:
+        decoded = msgspec.json.decode(payload)  # twice as fast as the stdlib's decoder, the same values
+    except msgspec.MsgspecError:
+        decoded = json.loads(payload)  # NaN and Infinity, which Python's JSON encoder writes and msgspec refuses
+    return backend.meta_from_decoded(decoded)
 
 
 def sweep_rows(backend, sweep: Sweep, columns: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
