@@ -39,6 +39,12 @@ def tiny_spec(**overrides) -> CellSpec:
 
 
 def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # `--dist loadscope`: the order of SLOWEST_FIRST, see below
+    _share_cores()
+
+
+def _share_cores():
     """Under `pytest -n N` (make test), give each test process its own share of the CPU cores.
 
     Its workers, cells, Redis and RabbitMQ inherit the share, and torch sizes its thread pool to it:
@@ -54,7 +60,25 @@ def pytest_configure(config):
     torch.set_num_threads(len(share))
 
 
+# The slowest modules (seconds under `make test`), scheduled first. `--dist loadscope` hands out whole modules in
+# collection order, which otherwise (xdist's default reorder) is by number of tests: test_rabbitmq (5 tests,
+# 2.5 minutes) went near the end, and one process ran it while the other was done. Longest first, the two
+# finish within seconds of each other. Modules not listed keep their order, after these.
+SLOWEST_FIRST = (
+    "tests/system/test_reliability.py",  # 290 s
+    "tests/system/test_sweep.py",  # 180 s
+    "tests/system/test_rabbitmq.py",  # 150 s
+    "tests/system/test_cell.py",  # 115 s
+    "tests/system/test_optimizations.py",  # 100 s
+    "tests/system/test_own_models.py",  # 70 s
+    "tests/system/test_client_without_torch.py",  # 55 s
+    "tests/system/test_security.py",  # 50 s
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: modules stay whole
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
