@@ -192,14 +192,13 @@ def load(client: redis.Redis, ref: str) -> Sweep:
     sweep_id = latest_id(client) if ref == "latest" else ref
     if sweep_id is None:
         raise OptbenchError("there is no sweep yet: start one with `make sweep` or `python -m producer sweep`")
-    with gc_paused():
-        fields = client.hgetall(keys.sweep(sweep_id))
+    fields = client.hgetall(keys.sweep(sweep_id))
     if not fields:
         client.zrem(keys.SWEEPS, sweep_id)
         raise OptbenchError(f"unknown sweep {sweep_id!r} (`python -m producer status --sweep latest` shows the newest)")
     meta = json.loads(fields.pop(b"meta"))
     if any(name.startswith(b"cell:") for name in fields):
         raise OptbenchError(f"sweep {sweep_id} was made by an older optbench (one run per cell): sweep it again")
-    with gc_paused():
+    with gc_paused():  # 50,000 entries, each a dataclass holding a spec dict
         runs = {entry.run_id: entry for entry in map(_ENTRY_DECODER.decode, fields.values())}
     return Sweep(id=meta["id"], created_at=meta["created_at"], spec=meta["spec"], name=meta["name"], runs=runs)
