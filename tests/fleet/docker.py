@@ -88,11 +88,14 @@ def private_daemon(log_path: Path) -> Iterator[None]:
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        answers = lambda: subprocess.run([DOCKER, "info"], env=env(), capture_output=True).returncode == 0  # noqa: E731
-        wait_for(answers, 60, f"dockerd (log: {log_path})", process)
+        wait_for(_daemon_answers, 60, f"dockerd (log: {log_path})", process)
         yield
     finally:
         stop_process(process, timeout=60)  # SIGTERM: dockerd stops its containers, then itself
+
+
+def _daemon_answers() -> bool:
+    return subprocess.run([DOCKER, "info"], env=env(), capture_output=True).returncode == 0
 
 
 def pip_cert() -> str | None:
