@@ -59,14 +59,16 @@ def check_same_model_code(runs: pd.DataFrame) -> None:
         return
     ok = runs[(runs["status"] == "ok") & runs["model_sha256"].notna()]
     hashes = ok.groupby("model", sort=False)["model_sha256"].nunique()
-    for model in hashes.index[hashes > 1]:
-        group = ok[ok["model"] == model]
-        by_hash = group.groupby("model_sha256", sort=False)["worker"].agg(lambda w: ", ".join(sorted(set(map(str, w)))))
-        seen = "; ".join(f"sha256 {sha[:12]} on {workers}" for sha, workers in by_hash.items())
-        raise OptbenchError(
-            f"model {model} was measured with different model code ({seen}): install the same code on every "
-            "worker and re-run its cells; its runs are not aggregated"
-        )
+    mixed = hashes.index[hashes > 1]
+    if mixed.empty:
+        return
+    model = mixed[0]  # the first model with several hashes; its workers are listed only now
+    by_hash = ok[ok["model"] == model].groupby("model_sha256", sort=False)["worker"]
+    seen = "; ".join(f"sha256 {sha[:12]} on {', '.join(sorted(set(map(str, workers))))}" for sha, workers in by_hash)
+    raise OptbenchError(
+        f"model {model} was measured with different model code ({seen}): install the same code on every "
+        "worker and re-run its cells; its runs are not aggregated"
+    )
 
 
 @contextlib.contextmanager
