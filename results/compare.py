@@ -22,12 +22,12 @@ import pandas as pd
 
 from results.collect import write_csv
 from results.formatting import ratio_text
+from results.sequential import rounds_to_decide
 from results.stats import (
     Ratio,
     Verdict,
     numeric,
     ratio_interval,
-    rounds_to_decide,
     usable_runs,
     value_interval,
     verdict,

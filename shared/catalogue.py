@@ -146,6 +146,9 @@ class Optimization:
     knobs: tuple[str, ...] = ()
     # Result fields its transform adds to the row.
     records: tuple[str, ...] = ()
+    # What it changes for the whole process, if anything (`sets TF32 math process-wide`): an eager fp32 reference
+    # in the same process would inherit it, so its runs are compared across processes (worker/engine/run.py).
+    process_wide: str = ""
 
     @property
     def capability(self) -> str:
@@ -206,6 +209,7 @@ OPTIMIZATIONS: dict[str, Optimization] = {
             min_capability=(8, 0),
             gpus="Ampere",
             capability_refusal="{name} needs compute capability {capability} ({gpus}) or newer",
+            process_wide="sets TF32 math process-wide (torch.backends)",
         ),
         Optimization("channels_last", "NHWC memory format for model and inputs", may_precede=("torchscript",)),
         Optimization(

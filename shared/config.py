@@ -106,6 +106,12 @@ def results_dir() -> Path:
     return Path(os.environ.get("OPTBENCH_RESULTS_DIR") or "results")
 
 
+def cache_dir() -> Path:
+    """Where a worker keeps what every run of a cell measures alike (worker/engine/facts.py): OPTBENCH_CACHE_DIR,
+    else `~/.cache/optbench`."""
+    return Path(os.environ.get("OPTBENCH_CACHE_DIR") or Path.home() / ".cache" / "optbench")
+
+
 def worker_host() -> str | None:
     """The host a worker's results name (OPTBENCH_HOST, set by `python -m worker --host`), or None."""
     return os.environ.get(HOST_ENV) or None

@@ -80,6 +80,15 @@ class CellResult:
     # Why the call counts are below the budget's: calls of 0.5 s or more are counted, not timed for seconds
     # (worker/engine/measure.py), e.g. `calls of 4.62 s (>= 0.5 s) counted, ...: 2 warm-up, 3 timed, 3 back-to-back`
     reduced_counts: str | None = None
+    # The in-run reference (worker/engine/measure.py, `time_against_reference`): the optimized model's calls per
+    # second over an eager fp32 copy's in the same process, alternating blocks; > 1 is faster. What verdicts read
+    # (results/verdicts.py). `reference_status` is `measured`, or `none: why` (then verdicts pair runs across
+    # processes); `reference_pair_sd` is the SD of the pairs' log ratios within the run
+    reference_status: str | None = None
+    reference_ratio: float | None = None
+    reference_pair_sd: float | None = None
+    reference_pairs: int | None = None
+    reference_seconds: float | None = None
     timer: str | None = None
     prepare_seconds: float | None = None
     # Memory
@@ -99,6 +108,9 @@ class CellResult:
     max_abs_error: float | None = None
     cosine_similarity: float | None = None
     fidelity_samples: int | None = None
+    # Fidelity, sizes and FLOPs are the same in every run of a cell: `measured` by this run, or `cached: measured
+    # <started_at> on <host> (key ...)`, an earlier run's on this host with the same model, weights and code
+    facts_source: str | None = None
     # Fidelity split where the optimization has a reference model (int8_static: the converted int8 graph run
     # eagerly, quantize/dequantize in fp32; null for the others): `quant_` is the reference against the fp32
     # model (the quantization's error), `kernel_` the measured model against the reference (the kernels' error)

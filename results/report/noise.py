@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from results import stats
+from results import runs, stats
 from results.report.citations import VERDICT_WORDS, Citations, percent
 from results.stats import AA_CONTROL, numeric
 
@@ -74,12 +74,12 @@ def _noise_advice(
 ) -> list[str]:
     advice = []
     waits = numeric(flagged, "noise_cpu_wait_fraction")
-    if (waits >= stats.CONTENDED_WAIT_FRACTION).any():
+    if (waits >= runs.CONTENDED_WAIT_FRACTION).any():
         advice.append(
             "Runs that waited for a CPU timed a busy host as much as the model: re-run their cells on a quiet "
             "host, or pin each worker to its own cores."
         )
-    if (numeric(flagged, "noise_cpu_steal_fraction") >= stats.CONTENDED_STEAL_FRACTION).any():
+    if (numeric(flagged, "noise_cpu_steal_fraction") >= runs.CONTENDED_STEAL_FRACTION).any():
         advice.append("Runs whose VM lost CPU time to its hypervisor (steal): measure on dedicated hardware.")
     shared = numeric(flagged, "noise_gpu_other_processes")
     if (shared >= 1).any():
@@ -99,7 +99,7 @@ def _quiet_summary(flagged: pd.DataFrame, cv: pd.Series, ok: pd.DataFrame, cite:
         contention = ""
     elif recorded:
         contention = (
-            f"No run showed contention (none waited for a CPU `{percent(stats.CONTENDED_WAIT_FRACTION)}` of its "
+            f"No run showed contention (none waited for a CPU `{percent(runs.CONTENDED_WAIT_FRACTION)}` of its "
             "runnable time or more, none lost that much to steal, none shared its GPU); "
         )
     else:

@@ -89,7 +89,6 @@ def test_back_to_back_length_is_about_a_second_and_at_least_ten_calls():
     budget = measure.Budget(0, 0.0, min_iters=100, min_seconds=5.0)
     assert measure.back_to_back_iterations(budget, mean_ms=1.0) == 1000  # capped at 1 s of 1 ms calls
     assert measure.back_to_back_iterations(budget, mean_ms=499.0) == 10  # at least 10 calls
-    assert measure.back_to_back_iterations(budget, mean_ms=500.0) == measure.SLOW_CALLS  # a slow call: 3
     short = measure.Budget(0, 0.0, min_iters=3, min_seconds=0.25)
     assert measure.back_to_back_iterations(short, mean_ms=1.0) == 250  # min_seconds when it is shorter
 
@@ -121,9 +120,50 @@ def measure_with(timer: ScriptedTimer, budget: measure.Budget) -> tuple:
 def test_slow_calls_are_counted_not_timed_for_seconds_and_the_row_says_why():
     budget = measure.budget_for("cpu")  # 2 warm-up calls and 1 s, 5 timed calls and 2 s, a second back to back
     warmup, latency, back_to_back, why = measure_with(ScriptedTimer(4600.0), budget)
-    assert (warmup.iterations, latency.iterations, back_to_back.iterations) == (2, 3, 3)
+    assert (warmup.iterations, latency.iterations, back_to_back.iterations) == (1, 3, 3)
     assert warmup.slow and latency.slow and back_to_back.slow
-    assert why == "calls of 4.60 s (>= 0.5 s) counted, not timed for seconds: 2 warm-up, 3 timed, 3 back-to-back"
+    assert back_to_back.total_ms == pytest.approx(3 * 4600.0)  # the timed calls' rate: no phase of their own
+    assert why == (
+        "calls of 4.60 s (>= 0.5 s) counted, not timed for seconds: 1 warm-up, 3 timed, the rate from the timed calls"
+    )
+
+
+class TwoModelTimer:
+    """Calls of `optimized` "take" `optimized_ms`, of anything else `reference_ms`, and drift by `drift` ms per block."""
+
+    name = "scripted"
+
+    def __init__(self, optimized, optimized_ms: float, reference_ms: float, drift: float = 0.0) -> None:
+        self.optimized, self.optimized_ms, self.reference_ms, self.drift = optimized, optimized_ms, reference_ms, drift
+        self.blocks: list[str] = []
+
+    def _ms(self, call) -> float:
+        return self.optimized_ms if call is self.optimized else self.reference_ms
+
+    def time_ms(self, call) -> float:
+        return self._ms(call)
+
+    def time_many_ms(self, call, iterations: int) -> float:
+        self.blocks.append("A" if call is self.optimized else "B")
+        return (self._ms(call) + self.drift * len(self.blocks)) * iterations
+
+
+def test_the_in_run_reference_alternates_abba_and_a_linear_drift_cancels():
+    def optimized():
+        return None
+
+    def reference():
+        return None
+
+    timer = TwoModelTimer(optimized, optimized_ms=40.0, reference_ms=50.0)
+    pairs = measure.time_against_reference(optimized, reference, 40.0, timer, pairs=4, block_seconds=0.2)
+    assert "".join(timer.blocks) == "ABBAABBA"
+    summary = pairs.summary()
+    assert summary["reference_ratio"] == pytest.approx(50.0 / 40.0)  # > 1: the optimized model is faster
+    assert summary["reference_pairs"] == 4 and summary["reference_pair_sd"] == pytest.approx(0.0, abs=1e-12)
+    drifting = TwoModelTimer(optimized, optimized_ms=50.0, reference_ms=50.0, drift=0.5)  # an A/A pair on a slope
+    ratio = measure.time_against_reference(optimized, reference, 50.0, drifting, pairs=4).summary()["reference_ratio"]
+    assert ratio == pytest.approx(1.0, abs=0.002)
 
 
 def test_fast_calls_and_counts_the_user_set_keep_the_protocol():

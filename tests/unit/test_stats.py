@@ -10,8 +10,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from results.sequential import Looks
+from results.runs import CONTENDED_WAIT_FRACTION
 from results.stats import (
-    CONTENDED_WAIT_FRACTION,
     LEAD_COLUMNS,
     Ratio,
     aggregate,

@@ -15,10 +15,15 @@
   needs far fewer seconds than percentiles do, so the phase adds about a second to a cell.
 - Slow calls are counted, not timed for seconds (as pyperf calibrates its loops and torch.utils.benchmark
   autoranges to the call's duration): once a call takes SLOW_CALL_SECONDS or more, its own duration is
-  the measurement, so the warm-up ends after SLOW_WARMUP_CALLS calls and the timed and back-to-back
-  phases after SLOW_CALLS each, whatever their seconds (a 4.6 s fp16 call on a CPU would otherwise be
-  timed 5 + 10 times for nothing). `reduced_counts` says so in the row. This applies to the device's
-  default budget only: counts or seconds set by the user are kept.
+  the measurement, so the warm-up ends after SLOW_WARMUP_CALLS calls (the cell's first call, made while
+  preparing, came before) and the timed phase after SLOW_CALLS, whatever their seconds (a 4.6 s fp16 call
+  on a CPU would otherwise be timed 5 + 10 times for nothing). A slow call's launch overhead is nothing
+  against its duration, so no back-to-back phase follows: its rate is the timed calls' (`from_timed_calls`).
+  `reduced_counts` says so in the row. This applies to the device's default budget only: counts or seconds
+  set by the user are kept.
+- Then, for a cell compared with the baseline, the in-run reference (`time_against_reference`): blocks of
+  back-to-back calls of the optimized model and of an eager fp32 copy of the baseline, alternating ABBA, so
+  the process's speed mode lands on both and cancels in their ratio (docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -36,8 +41,13 @@ SPREAD_CHECK_EVERY = 10  # timed calls between two checks of the spread gate
 BACK_TO_BACK_MAX_SECONDS = 1.0  # the back-to-back phase lasts about this long at most (estimated)
 BACK_TO_BACK_MIN_CALLS = 10  # ... and makes at least this many calls
 SLOW_CALL_SECONDS = 0.5  # a call this long or longer is its own measurement: counted, not timed for seconds
-SLOW_WARMUP_CALLS = 2  # warm-up calls of slow calls
-SLOW_CALLS = 3  # timed calls, and back-to-back calls, of slow calls
+SLOW_WARMUP_CALLS = 1  # warm-up calls of slow calls (after the cell's first call)
+SLOW_CALLS = 3  # timed calls of slow calls
+# The in-run reference: pairs of blocks (optimized, reference) of back-to-back calls, each about this long.
+# Sized from this VM's variance components (Kalibera and Jones; docs/statistics.md): the ratio's spread between
+# runs dwarfs its spread between pairs, so a run needs few pairs and more runs buy the precision.
+REFERENCE_PAIRS = 4
+REFERENCE_BLOCK_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -230,7 +240,12 @@ class BackToBack:
 
     iterations: int
     total_ms: float
-    slow: bool = False  # SLOW_CALLS calls: the per-call phase's calls took SLOW_CALL_SECONDS or more
+    slow: bool = False  # slow calls: the timed phase's calls, not a phase of their own (`from_timed_calls`)
+
+    @classmethod
+    def from_timed_calls(cls, latency: Latency) -> BackToBack:
+        """A slow call's rate: its timed calls', whose launch overhead is nothing against their duration."""
+        return cls(latency.iterations, float(latency.samples_ms.sum()), slow=True)
 
     def summary(self, batch_size: int) -> dict[str, float | int]:
         return {
@@ -241,10 +256,7 @@ class BackToBack:
 
 
 def back_to_back_iterations(budget: Budget, mean_ms: float) -> int:
-    """Calls lasting about min(min_seconds, BACK_TO_BACK_MAX_SECONDS) at the mean; at least BACK_TO_BACK_MIN_CALLS;
-    SLOW_CALLS for slow calls."""
-    if budget.is_slow(mean_ms):
-        return SLOW_CALLS
+    """Calls lasting about min(min_seconds, BACK_TO_BACK_MAX_SECONDS) at the mean; at least BACK_TO_BACK_MIN_CALLS."""
     seconds = min(budget.min_seconds, BACK_TO_BACK_MAX_SECONDS)
     return max(BACK_TO_BACK_MIN_CALLS, math.ceil(seconds * 1000.0 / mean_ms) if mean_ms > 0 else 1)
 
@@ -252,15 +264,18 @@ def back_to_back_iterations(budget: Budget, mean_ms: float) -> int:
 def time_back_to_back(
     call: Callable[[], object], budget: Budget, latency: Latency, timer: Timer, on_progress: Progress | None = None
 ) -> BackToBack:
-    """Time N calls in a row (N from the per-call phase's mean), GC paused as in `time_calls`."""
+    """Time N calls in a row (N from the per-call phase's mean), GC paused as in `time_calls`; slow calls: their
+    timed calls' rate, with no phase of their own."""
     mean_ms = float(latency.samples_ms.mean())
+    if budget.is_slow(mean_ms):
+        return BackToBack.from_timed_calls(latency)
     iterations = back_to_back_iterations(budget, mean_ms)
     if on_progress:
         on_progress("throughput", 0, 0.0)
     gc.collect()
     gc.disable()
     try:
-        return BackToBack(iterations, timer.time_many_ms(call, iterations), slow=budget.is_slow(mean_ms))
+        return BackToBack(iterations, timer.time_many_ms(call, iterations))
     finally:
         gc.enable()
 
@@ -272,5 +287,57 @@ def reduced_counts(warmup: Warmup, latency: Latency, back_to_back: BackToBack) -
     mean_ms = float(latency.samples_ms.mean())
     return (
         f"calls of {mean_ms / 1000.0:.2f} s (>= {SLOW_CALL_SECONDS:g} s) counted, not timed for seconds: "
-        f"{warmup.iterations} warm-up, {latency.iterations} timed, {back_to_back.iterations} back-to-back"
+        f"{warmup.iterations} warm-up, {latency.iterations} timed"
+        + (", the rate from the timed calls" if back_to_back.slow else f", {back_to_back.iterations} back-to-back")
     )
+
+
+@dataclass(frozen=True)
+class ReferencePairs:
+    """The in-run reference: per pair of blocks, the optimized model's and the reference's calls per second."""
+
+    optimized_rates: np.ndarray
+    reference_rates: np.ndarray
+    seconds: float
+
+    def summary(self) -> dict[str, float | int]:
+        """`reference_ratio` (the geometric mean of the pairs' rate ratios: > 1, the optimized model is faster),
+        the SD of the pairs' log ratios and how many pairs and seconds it took."""
+        logs = np.log(self.optimized_rates / self.reference_rates)
+        return {
+            "reference_ratio": float(np.exp(logs.mean())),
+            "reference_pair_sd": float(logs.std(ddof=1)) if len(logs) > 1 else math.nan,
+            "reference_pairs": len(logs),
+            "reference_seconds": self.seconds,
+        }
+
+
+def time_against_reference(
+    optimized: Callable[[], object],
+    reference: Callable[[], object],
+    optimized_ms: float,
+    timer: Timer,
+    pairs: int = REFERENCE_PAIRS,
+    block_seconds: float = REFERENCE_BLOCK_SECONDS,
+) -> ReferencePairs:
+    """Alternate blocks of back-to-back calls of `optimized` and `reference` (ABBA BAAB...: a linear drift lands on
+    both alike), each about `block_seconds` at their mean call time, after a warm-up of the reference; GC paused."""
+    start = time.perf_counter()
+    reference_ms = float(np.median([timer.time_ms(reference) for _ in range(3)]))  # warm-up, and its call time
+
+    def calls(mean_ms: float) -> int:
+        return max(1, math.ceil(block_seconds * 1000.0 / mean_ms)) if mean_ms > 0 else 1
+
+    blocks = {"optimized": (optimized, calls(optimized_ms)), "reference": (reference, calls(reference_ms))}
+    rates: dict[str, list[float]] = {"optimized": [], "reference": []}
+    gc.collect()
+    gc.disable()
+    try:
+        for pair in range(pairs):
+            order = ("optimized", "reference") if pair % 2 == 0 else ("reference", "optimized")
+            for name in order:
+                call, count = blocks[name]
+                rates[name].append(count * 1000.0 / timer.time_many_ms(call, count))
+    finally:
+        gc.enable()
+    return ReferencePairs(np.array(rates["optimized"]), np.array(rates["reference"]), time.perf_counter() - start)

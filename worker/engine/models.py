@@ -20,6 +20,7 @@ from torch import nn
 
 from shared.errors import OptbenchError, one_line
 from shared.models import FILE, MODULE, TIMM, TIMM_REQUIREMENT, TORCHVISION, ModelSpec, check_input_shape, shape_text
+from worker.engine import facts
 
 if TYPE_CHECKING:
     from shared.spec import CellSpec
@@ -109,7 +110,9 @@ def build_model(spec: CellSpec, run_once: bool | None = None) -> BuiltModel:
         run_once = not model_spec.is_zoo or bool(spec.model_kwargs) or spec.input_shape is not None
     model, output = first_tensor_output(model, model_spec.text, sample_shape) if run_once else (model, "tensor")
     if weights == "synthetic" or (weights == "auto" and not (pretrained or factory_made)):
-        layers = reestimate_batchnorm(model, sample_shape, spec.seed + SYNTHETIC_SEED_OFFSET)
+        key = facts.key_of(kind="bn", model=model_spec.text, kwargs=spec.model_kwargs, shape=sample_shape,
+                           seed=spec.seed, code=sha256_of(code_file), samples=SYNTHETIC_SAMPLES)  # fmt: skip
+        layers = synthetic_batchnorm(model, sample_shape, spec.seed + SYNTHETIC_SEED_OFFSET, key)
         label = f"synthetic(seed={spec.seed}, bn_stats={SYNTHETIC_SAMPLES} samples at {shape_text(sample_shape)})"
         label += "" if layers else ", no BatchNorm"
     elif weights not in ("auto", "pretrained", "random"):
@@ -248,6 +251,27 @@ def first_tensor_output(model: nn.Module, text: str, sample_shape: tuple[int, ..
             f"model {text} returns a {described} whose first entry is a {type(output[key]).__name__}, not a tensor"
         )
     return FirstTensor(model, key).eval(), described
+
+
+def synthetic_batchnorm(model: nn.Module, sample_shape: tuple[int, ...], seed: int, key: str) -> int:
+    """`reestimate_batchnorm`, or the statistics it gave before for the same model, shape and seed (`key`), from the
+    worker's cache (worker/engine/facts.py). Returns how many layers hold re-estimated statistics."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    stored = facts.load_state(key)
+    fits = stored is not None and all(
+        f"{layer}.{name}" in stored and stored[f"{layer}.{name}"].shape == getattr(module, name).shape
+        for layer, module in layers.items()
+        for name in names
+    )
+    if fits:
+        for layer, module in layers.items():
+            for name in names:
+                getattr(module, name).copy_(stored[f"{layer}.{name}"])
+        return len(layers)
+    count = reestimate_batchnorm(model, sample_shape, seed)
+    facts.save_state(key, {f"{layer}.{name}": getattr(m, name) for layer, m in layers.items() for name in names})
+    return count
 
 
 @torch.no_grad()

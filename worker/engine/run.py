@@ -6,8 +6,13 @@ The steps, in order (each reported through `on_progress` for the queue's progres
 3. optimizing: apply the optimization chain and make the first call (compilation happens here,
    timed as `prepare_seconds`), then read size, FLOPs and fidelity against the fp32 outputs (and, where
    the optimization has a reference model, the reference's fidelity and the kernels' against it);
+   A later run of the same cell on this host reuses these (worker/engine/facts.py): only timing and memory vary;
 4. warmup, then measuring: the timed phase of `worker.engine.measure`, with memory and energy trackers,
-   then throughput: the back-to-back phase.
+   then throughput: the back-to-back phase;
+5. reference: an eager fp32 copy of the baseline model, built now (so the memory figures are the optimized
+   model's alone), timed in alternating blocks with the optimized model (`measure.time_against_reference`): the
+   per-run ratio that verdicts read (results/verdicts.py). Not for the baseline itself, a step that changes
+   process-wide settings (tf32), or slow calls (`reference_skipped`).
 Every cell first pins itself to its CPU cores (OPTBENCH_CPU_CORES) and sets fp32 math to strict IEEE
 (no TF32), so the baseline and the fidelity reference are true fp32; only the `tf32` step relaxes it.
 Anything raised inside a cell becomes a `failed` result with `error_type` and `error`.
@@ -31,7 +36,7 @@ from shared.environment import utc_now
 from shared.errors import one_line
 from shared.result import CellResult
 from shared.spec import CellSpec
-from worker.engine import measure
+from worker.engine import facts, measure
 from worker.engine.environment import pin_cpu_cores, snapshot
 from worker.engine.model_stats import (
     fidelity,
@@ -130,7 +135,17 @@ def _run(spec: CellSpec, chain: list, result: CellResult, report: OnProgress) ->
     result.update(latency.summary(spec.batch_size))
     result.update(back_to_back.summary(spec.batch_size))
     result.reduced_counts = measure.reduced_counts(warmup, latency, back_to_back)
-    result.update(memory.read())
+    result.update(memory.read())  # before the reference exists: the memory figures are the optimized model's alone
+    mean_ms = float(latency.samples_ms.mean())
+    result.reference_status = reference_skipped(chain, budget.is_slow(mean_ms), mean_ms)
+    if result.reference_status is None:
+        report("reference")
+        reference = build_model(spec).model.to(device)
+        reference_inputs = Prepared(reference, device, prepared.sample_shape).inputs(spec.batch_size, seed=spec.seed)
+        with torch.inference_mode():
+            pairs = measure.time_against_reference(call, lambda: reference(reference_inputs), mean_ms, timer)
+        result.update(pairs.summary())
+        result.reference_status = REFERENCE_MEASURED
     samples = latency.iterations * spec.batch_size
     joules = energy_read["energy_j"]
     result.update(
@@ -147,17 +162,40 @@ def _run(spec: CellSpec, chain: list, result: CellResult, report: OnProgress) ->
     )
 
 
+REFERENCE_MEASURED = "measured"
+
+
+def reference_skipped(chain: list[Optimization], slow: bool, mean_ms: float) -> str | None:
+    """Why a run is not timed against an in-run eager fp32 reference (its verdict then pairs runs across
+    processes), or None when it is."""
+    if all(opt.name == "baseline" for opt in chain):
+        return "none: the baseline is the reference"
+    leaking = next((opt for opt in chain if opt.process_wide), None)
+    if leaking is not None:
+        return f"none: {leaking.name} {leaking.process_wide}, which a reference in the same process would inherit"
+    if slow:
+        return (
+            f"none: calls of {mean_ms / 1000.0:.2f} s (>= {measure.SLOW_CALL_SECONDS:g} s) vary little between "
+            "processes, and a reference would add as many slow calls"
+        )
+    return None
+
+
 def _prepare(
     spec: CellSpec, chain: list, device: torch.device, result: CellResult, report: OnProgress
 ) -> tuple[Prepared, torch.Tensor]:
-    """Build, record fp32 probe outputs, optimize, make the first call, read size/FLOPs/fidelity."""
+    """Build, optimize, make the first call; read size/FLOPs/fidelity against the fp32 probe outputs, or reuse what
+    an earlier run of the same cell on this host measured of them (worker/engine/facts.py)."""
     report("loading")
     built = build_model(spec)
     result.update(built.fields())
     fp32 = Prepared(built.model.to(device), device, built.sample_shape)
-    probe = [fp32.inputs(spec.batch_size, seed=spec.seed + 1 + i) for i in range(probe_chunks(spec.batch_size))]
-    reference = run_probe(fp32.model, probe)
-    result.model_gflops = gflops_per_sample(fp32.model, fp32.inputs(1, seed=spec.seed))  # before steps change it
+    key = facts.cell_key(spec.to_dict(), result.to_dict())
+    known = facts.load_facts(key)
+    if known is None:
+        probe = [fp32.inputs(spec.batch_size, seed=spec.seed + 1 + i) for i in range(probe_chunks(spec.batch_size))]
+        reference = run_probe(fp32.model, probe)
+        result.model_gflops = gflops_per_sample(fp32.model, fp32.inputs(1, seed=spec.seed))  # before steps change it
 
     report("optimizing")
     with _stopwatch() as apply_seconds:
@@ -170,11 +208,14 @@ def _prepare(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     result.prepare_seconds = apply_seconds() + first_call_seconds()
+    result.update(prepared.fields)
+    if known is not None:
+        result.update(known)
+        return prepared, inputs
 
     result.update(size_stats(eager.model))
     if prepared.artifact is not None:  # the int8 graph or the ONNX file: what is stored is not the eager model
         result.update(serialized_size(prepared.artifact))
-    result.update(prepared.fields)
     result.gflops_per_sample = gflops_per_sample(eager.model, eager.inputs(1, seed=spec.seed))
     probe = [b.to(dtype=prepared.dtype, memory_format=prepared.memory_format) for b in probe]
     outputs = run_probe(prepared.model, probe)
@@ -183,6 +224,8 @@ def _prepare(
         quantized = run_probe(prepared.reference, probe)
         result.update(split_fidelity("quant_", fidelity(reference, quantized)))
         result.update(split_fidelity("kernel_", fidelity(quantized, outputs)))
+    result.facts_source = "measured"
+    facts.save_facts(key, result.to_dict(), measured=f"{result.started_at} on {result.host}")
     return prepared, inputs
 
 
