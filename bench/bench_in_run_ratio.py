@@ -63,7 +63,10 @@ def child(optimization: str, batch_size: int, pairs: int, block_seconds: float) 
 def run(optimization: str, batch_size: int) -> dict:
     """The product's run of one cell in a fresh process (`python -m worker.cell`)."""
     command = [sys.executable, "-m", "worker.cell", "--optimization", optimization, "--batch-size", str(batch_size)]
-    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    row = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    if row["status"] != "ok":
+        raise SystemExit(f"{optimization}@bs{batch_size}: {row['status']}: {row['error']}")
+    return row
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ recorded in the sweep (`stopped`). Any client can drive it: `--wait`, `resume` a
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,10 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from producer.progress import TABLE_FIELDS, TABLE_ROWS, wait
-from producer.sweep import AUTO, add_round, rounds_of
+from producer.sweep import AUTO, FIRST_ROUNDS, add_round, rounds_of
 from results.collect import cells_frame, runs_frame
 from results.formatting import ratio_text
-from results.sequential import looks_for
+from results.sequential import looks_for, plan_last_look
 from results.stats import AA_CONTROL, BASELINE, COUNTERPART_KEYS, VERDICT_INPUTS, Verdict
 from shared import manifest
 from shared.manifest import Sweep
@@ -33,8 +34,9 @@ from shared.manifest import Sweep
 STOPPED_DECIDED = "every cell decided"
 STOPPED_MAX = "max_repeats reached"
 STOPPED_BUDGET = "time budget reached"
+STOPPED_PLANNED = "the looks planned within the time budget are done"
 # What watching a sweep reads of each stored result: the verdicts' inputs and the status table's fields.
-WATCHED_FIELDS = (*VERDICT_INPUTS, *TABLE_FIELDS)
+WATCHED_FIELDS = (*VERDICT_INPUTS, *TABLE_FIELDS, "started_at", "finished_at")
 
 
 def open_cells(cells: pd.DataFrame) -> list[str]:
@@ -64,6 +66,26 @@ def look(runs: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
     return cells_frame(runs, looks=looks_for(sweep.spec))
 
 
+def look_plan(sweep: Sweep, runs: pd.DataFrame, now: datetime.datetime) -> dict[str, Any]:
+    """The last look of an `auto` sweep, planned at its first look from durations alone (`plan_last_look`): a round
+    lasts as long as its rounds so far took on average, from the first run's start to the last run's end."""
+    rounds = rounds_of(sweep)
+    created = datetime.datetime.fromisoformat(sweep.created_at)
+    started = pd.to_datetime(runs.get("started_at"), utc=True, errors="coerce", format="ISO8601")
+    finished = pd.to_datetime(runs.get("finished_at"), utc=True, errors="coerce", format="ISO8601")
+    measuring = (finished.max() - started.min()).total_seconds() if started.notna().any() else math.nan
+    round_seconds = measuring / rounds if math.isfinite(measuring) else (now - created).total_seconds() / rounds
+    budget = sweep.spec.get("time_budget")
+    elapsed = (now - created).total_seconds()
+    last = plan_last_look(rounds, int(sweep.spec["max_repeats"]), elapsed, round_seconds, budget and float(budget))
+    why = f"rounds of {round_seconds:.0f} s, {elapsed:.0f} s of a {float(budget):.0f} s budget used" if budget else ""
+    return {
+        "planned_last_look": last,
+        "look_plan": f"looks after rounds {min(FIRST_ROUNDS, last)}-{last}"
+        + (f" ({why})" if why else f" (--max-repeats {last})"),
+    }
+
+
 def stop_reason(sweep: Sweep, undecided: list[str], next_cells: int, now: datetime.datetime) -> str | None:
     """Why no further round starts, or None to run one."""
     if not undecided:
@@ -71,6 +93,8 @@ def stop_reason(sweep: Sweep, undecided: list[str], next_cells: int, now: dateti
     rounds = rounds_of(sweep)
     if rounds >= int(sweep.spec["max_repeats"]):
         return STOPPED_MAX
+    if rounds >= int(sweep.spec.get("planned_last_look") or sweep.spec["max_repeats"]):
+        return STOPPED_PLANNED
     budget = sweep.spec.get("time_budget")
     if budget:
         elapsed = (now - datetime.datetime.fromisoformat(sweep.created_at)).total_seconds()
@@ -123,7 +147,13 @@ def drive(
         sweep = manifest.load(client, sweep_id)
         if sweep.spec.get("repeats") != AUTO or sweep.spec.get("stopped"):
             return rows
-        cells = look(runs_frame(rows, VERDICT_INPUTS), sweep)
+        runs = runs_frame(rows, (*VERDICT_INPUTS, "started_at", "finished_at"))
+        if "planned_last_look" not in sweep.spec:  # the first look: plan the last one before any verdict is read
+            plan = look_plan(sweep, runs, datetime.datetime.now(datetime.timezone.utc))
+            manifest.update_spec(client, sweep, plan)
+            console.print(f"--repeats auto: {plan['look_plan']}", highlight=False)
+            sweep = manifest.load(client, sweep_id)
+        cells = look(runs, sweep)
         undecided = open_cells(cells)
         next_cells = next_round_cells(cells, undecided)
         reason = stop_reason(sweep, undecided, len(next_cells), datetime.datetime.now(datetime.timezone.utc))

@@ -112,6 +112,7 @@ class Recommendation:
     ties: list[Loss] = field(default_factory=list)  # can't be told from the recommended on the objective
     losses: list[Loss] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    undecided: str | None = None  # `cant_tell`: said first when no cell is shown faster than its baseline
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,7 +179,7 @@ def recommend(
     pool = cells if constraints.batch_size is None else cells[cells["batch_size"] == constraints.batch_size]
     if pool.empty:
         raise OptbenchError(f"the sweep has no cell at batch size {constraints.batch_size}")
-    result = Recommendation(constraints, objective, confidence)
+    result = Recommendation(constraints, objective, confidence, undecided=cant_tell(pool, runs))
     weights = {str(w) for w in pool.get("weights", pd.Series(dtype=object)).dropna()}
     random_weights = any(w.startswith("random") for w in weights)  # rows say `random(seed=0)`
     if random_weights:
@@ -220,6 +221,49 @@ def recommend(
     return result
 
 
+LEADING_CANDIDATES = 3  # `cant_tell` names this many open cells, the highest speedups first
+
+
+def cant_tell(cells: pd.DataFrame, runs: pd.DataFrame) -> str | None:
+    """One line when no cell is shown faster than its baseline: the leading open candidates, the rounds that would
+    likely decide them (`rounds_to_decide`) and what that costs at this sweep's measured seconds per run; None when
+    some cell is faster (or nothing was compared)."""
+    verdicts = cells.get("verdict", pd.Series(dtype=object)).astype(str)
+    compared = verdicts.isin([str(v) for v in stats.Verdict])
+    if not compared.any() or (verdicts == str(stats.Verdict.FASTER)).any():
+        return None
+    open_ = cells[(verdicts == str(stats.Verdict.INCONCLUSIVE)) & (stats.numeric(cells, "speedup") > 1)]
+    open_ = open_.sort_values("speedup", ascending=False).head(LEADING_CANDIDATES)
+    if open_.empty:
+        return "No cell is shown faster than its baseline, and none leans that way: nothing here to ship for speed."
+    needed = stats.numeric(open_, "rounds_to_decide")
+    named = ", ".join(
+        f"`{cell}` ({row['speedup']:.2f}x" + (f", ~{int(n)} rounds)" if pd.notna(n) else ", no round count decides it)")
+        for (cell, row), n in zip(open_.iterrows(), needed, strict=True)
+    )
+    line = f"No cell is shown faster than its baseline yet: the leading candidates are {named}."
+    seconds = _seconds_per_run(runs)
+    done = int(stats.numeric(open_, "repeats").max())
+    if needed.notna().any() and math.isfinite(seconds):
+        rounds = int(needed.max())
+        # Each later round runs the open cells and their baselines only.
+        extra = max(rounds - done, 0) * seconds * 2 * len(open_)
+        budget = 60 * math.ceil((seconds * len(runs) + extra) / 60)
+        line += f" Deciding them would take about {extra / 60:.0f} more minutes: `make sweep TIME_BUDGET={budget}`."
+    return line
+
+
+def _seconds_per_run(runs: pd.DataFrame) -> float:
+    """The sweep's measured seconds per run: its runs' span, first start to last end, over their count."""
+    if runs.empty or "started_at" not in runs.columns or "finished_at" not in runs.columns:
+        return math.nan
+    started = pd.to_datetime(runs["started_at"], utc=True, errors="coerce", format="ISO8601")
+    finished = pd.to_datetime(runs["finished_at"], utc=True, errors="coerce", format="ISO8601")
+    if started.isna().all() or finished.isna().all():
+        return math.nan
+    return (finished.max() - started.min()).total_seconds() / len(runs)
+
+
 def _loss_order(loss: Loss) -> tuple[int, int]:
     """Cells that only may break a constraint first, then those that break one, then the objective's losers."""
     may = all(c.state == MAY_HOLD for c in loss.checks) if loss.checks else False
@@ -248,7 +292,8 @@ def _ratio_text(ratio: stats.Ratio | None) -> str:
 def render(result: Recommendation, cells: pd.DataFrame, title: str) -> list[str]:
     """The recommendation as lines of plain text."""
     metric = result.objective
-    lines = [f"{title}: {result.constraints.describe()}"]
+    lines = [result.undecided] if result.undecided else []
+    lines += [f"{title}: {result.constraints.describe()}"]
     lines += [f"note: {note}" for note in result.notes]
     if result.recommended is None:
         lines.append("no cell meets every constraint; the closest misses:")

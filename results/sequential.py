@@ -8,7 +8,8 @@ whole family of its verdicts. Two things would inflate it, and both are paid for
   (Bonferroni): the chance that *any* verdict of the sweep is a false `faster`, `slower` or `equivalent`
   stays at most `alpha`, whatever the cells' correlation (they share a baseline). Family-wise, not a
   false discovery rate: a user ships one cell, and one false call is one too many.
-- **Repeated looks** (`--repeats auto` decides after round 3, 4, ... up to `--max-repeats`). Looking again
+- **Repeated looks** (`--repeats auto` decides after round 3, 4, ... up to the last look planned at round 3 from
+  the time budget and the rounds' durations, or `--max-repeats`: `plan_last_look`). Looking again
   after every round and stopping at the first interval that clears the band would call noise a finding far
   more often than the stated rate. A comparison's share `alpha / k` is therefore spent over its planned looks
   with the error-spending function `alpha * t` (`t`: the fraction of the plan's looks done; Lan and
@@ -73,10 +74,24 @@ class Looks:
 
 
 def looks_for(sweep_spec: dict) -> Looks:
-    """The looks of a sweep, from its recorded spec: `repeats` "auto" up to `max_repeats`, or a fixed number."""
+    """The looks of a sweep, from its recorded spec: `repeats` "auto" up to its planned last look (`plan_last_look`),
+    else `max_repeats`; or a fixed number."""
     if sweep_spec.get("repeats") == "auto":
-        return Looks.auto(int(sweep_spec["max_repeats"]))
+        return Looks.auto(int(sweep_spec.get("planned_last_look") or sweep_spec["max_repeats"]))
     return Looks.fixed(int(sweep_spec.get("repeats") or 2))
+
+
+def plan_last_look(
+    rounds_done: int, max_repeats: int, elapsed: float, round_seconds: float, budget: float | None
+) -> int:
+    """The last round a sweep's looks are planned to, made at its first look from durations only (never from
+    results): as many more rounds as the time budget has room for at `round_seconds` a round (a round of every
+    cell, the longest a later round can take), within `max_repeats`. The whole error rate is spent by then, so a
+    sweep that its budget stops has used all of it."""
+    if budget is None or round_seconds <= 0:
+        return max_repeats
+    room = max(int((budget - elapsed) // round_seconds), 0)
+    return max(min(rounds_done + room, max_repeats), min(rounds_done, max_repeats))
 
 
 def one_sided_level(alpha_one_sided: float, looks: Looks, rounds: int) -> float:

@@ -129,7 +129,7 @@ def test_slow_calls_are_counted_not_timed_for_seconds_and_the_row_says_why():
 
 
 class TwoModelTimer:
-    """Calls of `optimized` "take" `optimized_ms`, of anything else `reference_ms`, and drift by `drift` ms per block."""
+    """Calls of `optimized` "take" `optimized_ms`, of anything else `reference_ms`; each block drifts by `drift` ms."""
 
     name = "scripted"
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from results.sequential import Looks
 from results.runs import CONTENDED_WAIT_FRACTION
+from results.sequential import Looks
 from results.stats import (
     LEAD_COLUMNS,
     Ratio,

@@ -320,13 +320,14 @@ def time_against_reference(
     pairs: int = REFERENCE_PAIRS,
     block_seconds: float = REFERENCE_BLOCK_SECONDS,
 ) -> ReferencePairs:
-    """Alternate blocks of back-to-back calls of `optimized` and `reference` (ABBA BAAB...: a linear drift lands on
-    both alike), each about `block_seconds` at their mean call time, after a warm-up of the reference; GC paused."""
+    """Alternate blocks of back-to-back calls of `optimized` and `reference` (AB BA AB BA: a linear drift lands on
+    both alike), each the whole number of calls nearest `block_seconds` (at least one), after a warm-up of the
+    reference; GC paused."""
     start = time.perf_counter()
     reference_ms = float(np.median([timer.time_ms(reference) for _ in range(3)]))  # warm-up, and its call time
 
     def calls(mean_ms: float) -> int:
-        return max(1, math.ceil(block_seconds * 1000.0 / mean_ms)) if mean_ms > 0 else 1
+        return max(1, round(block_seconds * 1000.0 / mean_ms)) if mean_ms > 0 else 1
 
     blocks = {"optimized": (optimized, calls(optimized_ms)), "reference": (reference, calls(reference_ms))}
     rates: dict[str, list[float]] = {"optimized": [], "reference": []}
