@@ -261,6 +261,7 @@ def finish(s: Session, sweep_id: str, console: Console, stall_timeout: float | N
     and the report, and show the table."""
     from producer.decide import drive
     from results.collect import collect, runs_frame
+    from results.recommend import cant_tell
     from results.report import write_report
 
     stall = stall_timeout if stall_timeout is not None else s.settings.stall_timeout
@@ -270,8 +271,6 @@ def finish(s: Session, sweep_id: str, console: Console, stall_timeout: float | N
     paths = collect(s.app.backend, sweep, s.settings.results_dir, manifest.latest_id(s.client) == sweep_id)
     report = write_report(paths.cells, paths.runs, paths.cells.with_suffix(""))
     console.print(status_table(sweep, rows))
-    from results.recommend import cant_tell
-
     undecided = cant_tell(paths.frame, runs_frame(rows, ("started_at", "finished_at")))
     if undecided:
         console.print(f"[bold]{undecided}[/]", highlight=False)

@@ -324,7 +324,10 @@ def _in_run(
     variance, df, pooled = _strata(eligible, [(*keys[i], bool(slow[i])) for i in eligible], n, squares)
     for i, var, dof, shared in zip(eligible, variance, df, pooled, strict=True):
         level = rates.level(n[i])
-        half = _t_quantile((1 + level) / 2, dof) * math.sqrt(var / n[i]) if var > 0 else 0.0
+        if not var > 0:  # runs that agree exactly say nothing of the noise: no interval
+            table.loc[i, ["speedup", "speedup_method", "verdict"]] = [math.exp(mean[i]), "in_run_t_log", "inconclusive"]
+            continue
+        half = _t_quantile((1 + level) / 2, dof) * math.sqrt(var / n[i])
         with np.errstate(over="ignore"):  # as in `_t_interval`
             low, high = float(np.exp(mean[i] - half)), float(np.exp(mean[i] + half))
         called = verdict_of(low, high, rates.min_effect)
