@@ -238,8 +238,8 @@ def cant_tell(cells: pd.DataFrame, runs: pd.DataFrame) -> str | None:
         return "No cell is shown faster than its baseline, and none leans that way: nothing here to ship for speed."
     needed = stats.numeric(open_, "rounds_to_decide")
     named = ", ".join(
-        f"`{cell}` ({row['speedup']:.2f}x" + (f", ~{int(n)} rounds)" if pd.notna(n) else ", no round count decides it)")
-        for (cell, row), n in zip(open_.iterrows(), needed, strict=True)
+        f"`{cell}`" + (f" (~{int(n)} rounds)" if pd.notna(n) else " (no round count decides it)")
+        for cell, n in zip(open_["cell_id"] if "cell_id" in open_.columns else open_.index, needed, strict=True)
     )
     line = f"No cell is shown faster than its baseline yet: the leading candidates are {named}."
     seconds = _seconds_per_run(runs)

@@ -19,8 +19,6 @@ def ship_section(answer: Recommendation, cite: Citations) -> str:
     """The recommendation for one group of cells (one model on one device), every number cited."""
     constraints = answer.constraints
     lines = ["## What to ship", ""]
-    if answer.undecided:
-        lines += [f"**{answer.undecided}**", ""]
     lines += [
         f"Constraints: `{constraints.describe()}` (the defaults of `python -m results recommend`, which takes "
         "others: a p99 latency budget, memory, model size, fidelity, one batch size).",
