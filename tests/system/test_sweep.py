@@ -74,10 +74,10 @@ def test_a_small_sweep_yields_run_and_cell_csvs_and_rerun_replaces_one_cells_run
     assert (both["throughput_sps"] <= both["throughput_ci_high"]).all()
     assert pd.isna(first.loc["baseline@bs1", "verdict"])  # a baseline row has no verdict
     assert set(first.loc[["prune@bs1", "prune@bs2"], "verdict"]) <= {"faster", "slower", "equivalent", "inconclusive"}
-    for batch in (1, 2):  # an interval where both sides kept their two runs; none where a contended run was left out
-        prune, base = first.loc[f"prune@bs{batch}"], first.loc[f"baseline@bs{batch}"]
-        if prune["runs_used"] == base["runs_used"] == 2:
-            assert prune["speedup_method"] == "paired_t_log" and prune["speedup_ci_low"] > 0
+    for batch in (1, 2):  # an in-run interval where prune kept its two runs; none where a contended run was left out
+        prune = first.loc[f"prune@bs{batch}"]
+        if prune["runs_used"] == 2:
+            assert prune["speedup_method"].startswith("in_run_") and prune["speedup_ci_low"] > 0
         else:
             assert prune["speedup_method"] == "insufficient_runs" and pd.isna(prune["speedup_ci_low"])
 
